@@ -1,0 +1,65 @@
+"""Fixtures shared by the whole suite: a tiny corpus, tokenizer and shard set, all built from the Python
+standard library's docstrings (no network, no ../shared), once per session."""
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import data
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_TOKENIZER = ROOT.parent / "shared" / "data" / "tokenizers" / "fineweb_1024_bpe.model"
+TINY_DOCS, TINY_VAL_DOCS, TINY_VOCAB = 130, 15, 512  # ~300k train tokens, ~30k val tokens
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if gpu_items:
+        import torch
+        if not torch.cuda.is_available():
+            for item in gpu_items:
+                item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+
+
+@pytest.fixture(scope="session")
+def stdlib_docs():
+    """The first TINY_DOCS documents of data.stdlib_corpus (list of str)."""
+    return data.stdlib_corpus(TINY_DOCS)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_dir(tmp_path_factory, stdlib_docs):
+    """A directory of doc_NNNN.txt files, one per stdlib_docs document, in order (input for `build --text`)."""
+    path = tmp_path_factory.mktemp("tiny_corpus")
+    for i, doc in enumerate(stdlib_docs):
+        (path / f"doc_{i:04d}.txt").write_bytes(doc.encode("utf-8"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(tmp_path_factory, stdlib_docs):
+    """Path of a SentencePiece BPE model (vocab 512, challenge settings) trained on the train part of stdlib_docs."""
+    return data.train_tokenizer(stdlib_docs[TINY_VAL_DOCS:], tmp_path_factory.mktemp("tokenizer") / "tokenizer.model",
+                                TINY_VOCAB)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory, stdlib_docs, tokenizer_path):
+    """Namespace: data_path (dir with fineweb_val_000000.bin + fineweb_train_000000.bin), tokenizer_path,
+    vocab_size, val_docs (the first val_docs of docs are validation), docs, summary (data.build's dict),
+    env (DATA_PATH / TOKENIZER_PATH / VOCAB_SIZE for train_gpt.py)."""
+    out = tmp_path_factory.mktemp("tiny_shards")
+    summary = data.build(stdlib_docs, out, tokenizer=tokenizer_path, val_docs=TINY_VAL_DOCS, log=lambda _: None)
+    env = {"DATA_PATH": summary["data_path"], "TOKENIZER_PATH": summary["tokenizer_path"],
+           "VOCAB_SIZE": str(summary["vocab_size"])}
+    return SimpleNamespace(data_path=summary["data_path"], tokenizer_path=summary["tokenizer_path"],
+                           vocab_size=summary["vocab_size"], val_docs=TINY_VAL_DOCS, docs=stdlib_docs,
+                           summary=summary, env=env)
+
+
+@pytest.fixture(scope="session")
+def official_tokenizer():
+    """Path of the challenge's sp1024 tokenizer from ../shared; skips the test when it is absent."""
+    if not SHARED_TOKENIZER.exists():
+        pytest.skip(f"{SHARED_TOKENIZER} not present")
+    return SHARED_TOKENIZER
