@@ -1,0 +1,143 @@
+import json
+import re
+import statistics
+import subprocess
+import sys
+
+import pytest
+from scipy import stats
+
+from _logs import REPO, SEPARATOR, copy_run, edit_body, run_logs, sub_line  # noqa: F401  (fixture)
+from tools import record
+
+DATE = "2026-01-02"
+
+
+def log_facts(path):
+    """The numbers record.py must report, read here with independent regexes."""
+    body = path.read_text().split("\n" + SEPARATOR + "\n", 1)[1]
+    loss, bpb = re.search(r"(?m)^final_roundtrip_exact val_loss:(\S+) val_bpb:(\S+)$", body).groups()
+    steps = re.findall(r"(?m)^step:(\d+)/\d+ .*train_time:(\d+(?:\.\d+)?)ms step_avg:(\S+)ms$", body)
+    eval_ms = re.search(r"(?m)^eval_phase_time:(\S+)ms$", body)
+    eval_ms = eval_ms or re.search(r"(?m)^final_roundtrip .*eval_time:(\S+)ms", body)
+    return {"seed": int(re.search(r"(?m)^hparam SEED=(\d+)$", body).group(1)),
+            "val_loss": float(loss), "val_bpb": float(bpb),
+            "artifact_bytes": int(re.search(r"(?m)^submission_bytes .*total:(\d+)", body).group(1)),
+            "steps": int(steps[-1][0]), "step_avg_ms": float(steps[-1][2]),
+            "eval_time_s": float(eval_ms.group(1)) / 1000,
+            "torch": re.search(r"(?m)^python:\S+ torch:(\S+)", body).group(1),
+            "hardware": re.search(r"(?m)^hardware:(.*)$", body).group(1).strip()}
+
+
+@pytest.fixture
+def runs(run_logs, tmp_path):
+    return [copy_run(run, tmp_path / f"run{i}") for i, run in enumerate(run_logs)]
+
+
+def args(runs, tmp_path, *extra, ptz=True):
+    """record.py arguments; a later option in extra overrides an earlier one."""
+    sizes = ["--ptz", *(str(r["ptz"]) for r in runs)] if ptz else ["--ptz-bytes-from-log"]
+    return [*(str(r["log"]) for r in runs), "--name", "TinyNGPT", "--author", "Test Author", "--github-id", "tester",
+            "--blurb", "A tiny CPU run.", "--date", DATE, "--script", str(runs[0]["script"]), *sizes,
+            "--records-dir", str(tmp_path / "records"), *extra]
+
+
+def folder(tmp_path, track="10min_16mb"):
+    return tmp_path / "records" / f"track_{track}" / f"{DATE}_TinyNGPT"
+
+
+def snapshot(path):
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_record_three_seeds(runs, tmp_path, capsys):
+    facts = [log_facts(r["log"]) for r in runs]
+    bpbs, losses = [f["val_bpb"] for f in facts], [f["val_loss"] for f in facts]
+    best = statistics.mean(bpbs) + 0.01
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("sentencepiece\nzstandard\n")
+    assert record.main(args(runs, tmp_path, "--best", str(best), "--requirements", str(requirements))) == 0
+    out = folder(tmp_path)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [r["log"].name for r in runs] + ["README.md", "requirements.txt", "submission.json", "train_gpt.py"])
+    assert (out / "train_gpt.py").read_bytes() == runs[0]["script"].read_bytes()
+    for r in runs:
+        assert (out / r["log"].name).read_bytes() == r["log"].read_bytes()
+
+    sub = json.loads((out / "submission.json").read_text())
+    assert {"author", "github_id", "name", "blurb", "date", "track", "val_loss", "val_bpb", "val_loss_std",
+            "val_bpb_std", "seeds", "seed_results", "bytes_total", "bytes_code", "hardware", "pytorch_version",
+            "technique_summary", "p_value", "beats_best"} <= sub.keys()
+    assert (sub["author"], sub["github_id"], sub["name"], sub["date"], sub["track"]) == (
+        "Test Author", "tester", "TinyNGPT", DATE, "10min_16mb")
+    assert sub["seeds"] == [f["seed"] for f in facts]
+    assert sub["val_bpb"] == pytest.approx(statistics.mean(bpbs), abs=1e-12)
+    assert sub["val_loss"] == pytest.approx(statistics.mean(losses), abs=1e-12)
+    assert sub["val_bpb_std"] == pytest.approx(statistics.stdev(bpbs), abs=1e-12)
+    assert sub["val_loss_std"] == pytest.approx(statistics.stdev(losses), abs=1e-12)
+    keys = ("val_loss", "val_bpb", "artifact_bytes", "steps", "step_avg_ms", "eval_time_s")
+    assert sub["seed_results"] == {str(f["seed"]): {k: pytest.approx(f[k]) for k in keys} for f in facts}
+    assert sub["bytes_total"] == max(f["artifact_bytes"] for f in facts)
+    assert sub["bytes_code"] == runs[0]["script"].stat().st_size
+    assert sub["hardware"] == facts[0]["hardware"] and sub["pytorch_version"] == facts[0]["torch"]
+
+    ratio = statistics.mean(b / l for b, l in zip(bpbs, losses))
+    p = stats.ttest_1samp(bpbs, best - 0.005 * ratio, alternative="less").pvalue
+    assert sub["p_value"] == pytest.approx(p, rel=1e-9)
+    assert sub["beats_best"] == (p < 0.01)
+    assert f"p = {p:.6g}" in capsys.readouterr().out
+
+    readme = (out / "README.md").read_text()
+    for f in facts:
+        assert re.search(rf"\| {f['seed']} \| {f['val_loss']:.8f} \| {f['val_bpb']:.8f} \| {f['artifact_bytes']} \|",
+                         readme)
+    assert f"val_bpb {statistics.mean(bpbs):.8f} (std {statistics.stdev(bpbs):.8f})" in readme
+    assert f"p = {p:.6g}" in readme
+    assert f"SEED={facts[0]['seed']}" in readme and "torchrun --standalone --nproc_per_node=" in readme
+
+    before = snapshot(tmp_path / "records")
+    assert record.main(args(runs, tmp_path, "--best", str(best))) != 0
+    assert "already exists" in capsys.readouterr().err
+    assert snapshot(tmp_path / "records") == before
+
+
+def test_welch_against_best_logs(runs, tmp_path):
+    theirs = [log_facts(r["log"])["val_bpb"] + 0.02 for r in runs]
+    best_logs = []
+    for r, value in zip(runs, theirs):
+        best = tmp_path / f"best_{r['log'].name}"
+        best.write_text(r["log"].read_text())
+        edit_body(best, lambda body: sub_line(body, "final_roundtrip_exact ", r"val_bpb:\S+", f"val_bpb:{value:.8f}"))
+        best_logs.append(str(best))
+    assert record.main(args(runs, tmp_path, "--track", "non_record_16mb", "--best-logs", *best_logs)) == 0
+    sub = json.loads((folder(tmp_path, "non_record_16mb") / "submission.json").read_text())
+    facts = [log_facts(r["log"]) for r in runs]
+    ours = [f["val_bpb"] for f in facts]
+    shift = 0.005 * statistics.mean(f["val_bpb"] / f["val_loss"] for f in facts)
+    p = stats.ttest_ind(ours, [t - shift for t in theirs], equal_var=False, alternative="less").pvalue
+    assert sub["p_value"] == pytest.approx(p, rel=1e-9)
+
+
+def test_single_seed_cannot_test_and_bytes_from_log(runs, tmp_path):
+    assert record.main(args(runs[:1], tmp_path, "--best", "1.0", ptz=False)) == 0
+    out = folder(tmp_path)
+    sub = json.loads((out / "submission.json").read_text())
+    assert sub["p_value"] is None and sub["val_bpb_std"] is None and not (out / "requirements.txt").exists()
+    assert "cannot be run" in (out / "README.md").read_text()
+
+
+def test_refuses_violations_and_other_scripts(runs, tmp_path, capsys):
+    edit_body(runs[1]["log"], lambda body: sub_line(body, "step:", r"train_loss:\S+", "train_loss:nan", last=False))
+    assert record.main(args(runs, tmp_path)) == 1
+    assert "finite losses" in capsys.readouterr().err
+    other = tmp_path / "other.py"
+    other.write_bytes(runs[0]["script"].read_bytes() + b"\n")
+    assert record.main(args(runs[::2], tmp_path, "--script", str(other))) == 1
+    assert "source matches script" in capsys.readouterr().err
+    assert not (tmp_path / "records").exists()
+
+
+def test_help():
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "record.py"), "--help"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "usage:" in result.stdout
