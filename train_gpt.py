@@ -220,6 +220,7 @@ def evaluate(nll_fn, tokens: torch.Tensor, luts, seq_len: int, stride: int, batc
     first[1:] = starts[:-1] + seq_len - starts[1:]
     per_rank = -(-len(starts) // world)
     lo, hi = rank * per_rank, min(len(starts), (rank + 1) * per_rank)
+    batch_seqs = min(batch_seqs, per_rank)
     offsets = torch.arange(seq_len + 1, device=device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     for b in range(lo, hi, batch_seqs):
@@ -298,7 +299,7 @@ class Block(nn.Module):
         self.scale, self.alpha_init = d ** 0.5, h.alpha_init
         self.alpha_attn = nn.Parameter(torch.full((d,), d ** -0.5))
         self.alpha_mlp = nn.Parameter(torch.full((d,), d ** -0.5))
-        self.q_gain = nn.Parameter(torch.full((self.heads, self.head_dim), d ** -0.5))
+        self.q_gain = nn.Parameter(torch.full((d,), d ** -0.5))
         self.mlp_gain = nn.Parameter(torch.ones(hidden))
 
     def forward(self, x, cos, sin):
@@ -306,7 +307,7 @@ class Block(nn.Module):
         q = F.linear(x, self.q).view(B, T, self.heads, self.head_dim)
         k = F.linear(x, self.k).view(B, T, self.kv_heads, self.head_dim)
         v = F.linear(x, self.v).view(B, T, self.kv_heads, self.head_dim)
-        q = unit(rope(q, cos, sin)) * (self.q_gain * self.scale).to(q.dtype)
+        q = unit(rope(q, cos, sin)) * (self.q_gain * self.scale).to(q.dtype).view(self.heads, self.head_dim)
         k = unit(rope(k, cos, sin))
         y = attention(q, k, v, self.head_dim ** 0.5).reshape(B, T, -1) @ self.o
         x = unit(x + self.alpha_attn.abs() * (self.alpha_init * self.scale) * (unit(y) - x))
