@@ -56,7 +56,7 @@ def load_hparams(environ=os.environ) -> SimpleNamespace:
     h = SimpleNamespace(**h)
     h.run_id = h.run_id or uuid.uuid4().hex[:12]
     h.eval_seq_len = h.eval_seq_len or h.train_seq_len
-    h.rope_dims = h.rope_dims or h.model_dim // h.num_heads
+    h.rope_dims = h.rope_dims or h.model_dim // max(h.num_heads, 1)
     return h
 
 
@@ -594,6 +594,7 @@ def main():
     log(f"final_roundtrip_exact val_loss:{s_loss:.8f} val_bpb:{s_bpb:.8f}")
     log(f"eval_phase_time:{1000 * (time.perf_counter() - t_end):.0f}ms")
     if world > 1:
+        del trainer  # DDP's reducer must not drop the last reference to the gloo group: it would do so holding the GIL
         dist.destroy_process_group()
     if over:
         fail(f"artifact is {total} bytes, over the {SIZE_LIMIT}-byte limit", log)

@@ -1,5 +1,11 @@
 """Fixtures shared by the whole suite: a tiny corpus, tokenizer and shard set, all built from the Python
 standard library's docstrings (no network, no ../shared), once per session."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -63,3 +69,62 @@ def official_tokenizer():
     if not SHARED_TOKENIZER.exists():
         pytest.skip(f"{SHARED_TOKENIZER} not present")
     return SHARED_TOKENIZER
+
+
+# ------------------------------------------------------------------ real runs of train_gpt.py
+
+TINY_RUN = {"NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "TRAIN_SEQ_LEN": "64",
+            "TRAIN_BATCH_TOKENS": "4096", "ITERATIONS": "40", "WARMUP_STEPS": "2", "WARMDOWN_ITERS": "10",
+            "VAL_LOSS_EVERY": "20", "TRAIN_LOG_EVERY": "10", "EVAL_STRIDE": "16", "MAX_WALLCLOCK_SECONDS": "0"}
+
+
+@pytest.fixture(scope="session")
+def tiny_run_env(tiny_shards):
+    """Environment for a tiny CPU run of train_gpt.py on tiny_shards (one thread per process)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", **TINY_RUN, **tiny_shards.env}
+
+
+@pytest.fixture(scope="session")
+def cpu_runs(tmp_path_factory, tiny_run_env):
+    """Three real `torchrun --nproc_per_node=2` CPU runs of a copy of train_gpt.py (SEED=1, 2, 3) on the tiny shards:
+    dicts log, script, ptz (each run's final_model.ptz, moved aside before the next run overwrites it), and the
+    launcher's returncode, stdout, stderr and seconds."""
+    work = tmp_path_factory.mktemp("cpu_runs")
+    script = Path(shutil.copy(ROOT / "train_gpt.py", work / "train_gpt.py"))
+    runs = []
+    for seed in (1, 2, 3):
+        t0 = time.perf_counter()
+        env = {**tiny_run_env, "SEED": str(seed), "RUN_ID": f"cpu_seed{seed}"}
+        proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 script.name], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # torchrun and the ranks it started
+            stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            pytest.fail(f"train_gpt.py SEED={seed} exited {proc.returncode}:\n{stdout[-2000:]}\n{stderr[-4000:]}")
+        (work / f"seed{seed}").mkdir()
+        ptz = Path(shutil.move(work / "final_model.ptz", work / f"seed{seed}" / "final_model.ptz"))
+        runs.append({"log": work / "logs" / f"cpu_seed{seed}.txt", "script": script, "ptz": ptz,
+                     "returncode": proc.returncode, "stdout": stdout, "stderr": stderr,
+                     "seconds": time.perf_counter() - t0})
+        print(f"cpu_runs: SEED={seed} took {runs[-1]['seconds']:.1f}s")
+    return runs
+
+
+@pytest.fixture(scope="session")
+def main_optimizers():
+    """make(model, h) -> the optimizers exactly as train_gpt.main() sets them up on the CPU."""
+    import torch
+    import train_gpt
+
+    def make(model, h):
+        matrices = {id(p) for p in model.matrices()}
+        return [train_gpt.Muon(model.matrices(), h.matrix_lr, h.muon_momentum, h.muon_steps),
+                torch.optim.Adam([dict(params=[model.emb.weight], lr=h.embed_lr),
+                                  dict(params=[p for p in model.parameters()
+                                               if id(p) not in matrices and p is not model.emb.weight],
+                                       lr=h.scalar_lr)], betas=(h.beta1, h.beta2), eps=1e-8)]
+    return make

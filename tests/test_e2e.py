@@ -1,0 +1,152 @@
+"""train_gpt.py end to end on the CPU: a real 2-rank run and its log; bad inputs and divergence that stop fast with a
+clear message on every rank; determinism."""
+import math
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import sentencepiece as spm
+
+from train_gpt import SIZE_LIMIT, byte_luts, load_tokens
+
+ROOT = Path(__file__).resolve().parents[1]
+SEPARATOR = "=" * 100
+
+
+def test_tiny_two_rank_run(cpu_runs, tiny_shards):
+    run = cpu_runs[0]
+    assert run["returncode"] == 0
+    source = run["script"].read_text(encoding="utf-8")
+    assert source == (ROOT / "train_gpt.py").read_text(encoding="utf-8")
+    text = run["log"].read_text(encoding="utf-8")
+    assert text.startswith(source + "\n" + SEPARATOR + "\n")
+    body = text[len(source) + len(SEPARATOR) + 2:]
+    for line in ("run_id:cpu_seed1", "world_size:2 grad_accum_steps:4 flash_attn_3:False", "hparam SEED=1",
+                 "hparam NUM_LAYERS=2", "hparam TRAIN_BATCH_TOKENS=4096", "hparam ITERATIONS=40"):
+        assert re.search(rf"(?m)^{re.escape(line)}$", body), line
+    train = re.findall(r"(?m)^step:(\d+)/40 train_loss:(\S+) train_time:\d+ms step_avg:\d+\.\d\dms$", body)
+    val = re.findall(r"(?m)^step:(\d+)/40 val_loss:(\S+) val_bpb:(\S+) train_time:\d+ms step_avg:\d+\.\d\dms$", body)
+    assert [int(step) for step, _ in train] == [*range(1, 11), 20, 30, 40]
+    assert [int(step) for step, *_ in val] == [20, 40]
+    first, last = float(train[0][1]), float(train[-1][1])
+    print(f"{run['seconds']:.1f}s; train_loss {first} -> {last}; val_bpb {val[0][2]} -> {val[-1][2]}")
+    assert last < first - 1
+
+    assert re.search(r"(?m)^peak_memory maxrss:\d+MiB$", body)
+    sizes = re.search(rf"(?m)^submission_bytes code:(\d+) model:(\d+) total:(\d+) limit:{SIZE_LIMIT}$", body)
+    code, model, total = map(int, sizes.groups())
+    assert (code, model, total) == (run["script"].stat().st_size, run["ptz"].stat().st_size, code + model)
+    assert re.search(r"(?m)^final_roundtrip_plain val_loss:\d+\.\d{4} val_bpb:\d+\.\d{4}$", body)
+    assert re.search(r"(?m)^quant_gap_bpb:-?\d+\.\d{4}$", body)
+    final = re.search(r"(?m)^final_roundtrip val_loss:\d+\.\d{4} val_bpb:(\d+\.\d{4}) eval_time:\d+ms$", body)
+    exact = re.search(r"(?m)^final_roundtrip_exact val_loss:\d+\.\d{8} val_bpb:(\d+\.\d{8})$", body)
+    assert re.search(r"(?m)^eval_phase_time:\d+ms$", body) and "error" not in body
+    bpb = float(exact.group(1))
+    assert abs(float(final.group(1)) - bpb) <= 5e-5
+
+    # a uniform guess costs log2(vocab) bits per token; per byte with the validation tokens/bytes ratio
+    tokens = load_tokens(f"{tiny_shards.data_path}/fineweb_val_*.bin").long()
+    base, space, boundary = byte_luts(spm.SentencePieceProcessor(model_file=tiny_shards.tokenizer_path),
+                                      tiny_shards.vocab_size, "cpu")
+    n_bytes = (base[tokens[1:]] + (space[tokens[1:]] & ~boundary[tokens[:-1]])).sum().item()
+    uniform = math.log2(tiny_shards.vocab_size) * (len(tokens) - 1) / n_bytes
+    print(f"final val_bpb {bpb} (uniform guess {uniform:.4f})")
+    assert math.isfinite(bpb) and bpb < uniform
+
+
+# name: (environment, ranks, what the error line of every rank must say)
+CASES = {
+    "bad_magic": ({}, 2, "bad shard header (want magic 20240520, version 1)"),
+    "truncated": ({}, 1, "truncated or corrupt"),
+    "vocab": ({"VOCAB_SIZE": "1024"}, 1, "VOCAB_SIZE=1024 but the tokenizer"),
+    "model_dim": ({"MODEL_DIM": "60", "NUM_HEADS": "8"}, 2, "MODEL_DIM=60 is not divisible by NUM_HEADS=8"),
+    "kv_heads": ({"NUM_KV_HEADS": "3"}, 1, "NUM_HEADS=4 is not divisible by NUM_KV_HEADS=3"),
+    "batch": ({"TRAIN_BATCH_TOKENS": "4000"}, 1, "TRAIN_BATCH_TOKENS=4000 does not split into whole sequences"),
+    "diverged": ({"EMBED_LR": "1e30"}, 2, "training diverged"),
+}
+DETERMINISM = {"same_seed_a": ({"SEED": "7"}, 1, None), "same_seed_b": ({"SEED": "7"}, 1, None)}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(script, cwd, env, ranks):
+    """Start the ranks of train_gpt.py with the variables torchrun sets. Launched directly: torchrun kills the other
+    ranks as soon as one fails, possibly before they report."""
+    cwd.mkdir()
+    port = str(free_port())
+    procs = []
+    for rank in range(ranks):
+        rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(ranks),
+                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        with open(cwd / f"rank{rank}.out", "w") as out, open(cwd / f"rank{rank}.err", "w") as err:
+            procs.append(subprocess.Popen([sys.executable, str(script)], cwd=cwd, env=rank_env, stdout=out, stderr=err))
+    return procs
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory, tiny_shards, tiny_run_env):
+    """Every case of CASES and DETERMINISM started at once (10 iterations), waited for up to 120 s in all:
+    name -> codes (None: killed at the deadline), out and err per rank, cwd, seconds."""
+    work = tmp_path_factory.mktemp("e2e")
+    script = shutil.copy(ROOT / "train_gpt.py", work / "train_gpt.py")
+    data = {}
+    for name in ("bad_magic", "truncated"):
+        data[name] = shutil.copytree(tiny_shards.data_path, work / f"data_{name}")
+    with open(data["bad_magic"] / "fineweb_train_000000.bin", "r+b") as f:
+        f.write(b"\0\0\0\0")
+    val = data["truncated"] / "fineweb_val_000000.bin"
+    val.write_bytes(val.read_bytes()[:-1000])
+    base = {**tiny_run_env, "ITERATIONS": "10", "VAL_LOSS_EVERY": "0", "EVAL_STRIDE": "64"}
+    t0, running = time.monotonic(), {}
+    for name, (env, ranks, _) in {**CASES, **DETERMINISM}.items():
+        env = {**base, "RUN_ID": name, **({"DATA_PATH": str(data[name])} if name in data else {}), **env}
+        running[name] = launch(script, work / name, env, ranks)
+    results = {}
+    while running and time.monotonic() - t0 < 120:
+        for name, procs in list(running.items()):
+            if all(p.poll() is not None for p in procs):
+                results[name] = time.monotonic() - t0, [p.returncode for p in running.pop(name)]
+        time.sleep(0.1)
+    for name, procs in running.items():
+        for p in procs:
+            p.kill()
+            p.wait()
+        results[name] = time.monotonic() - t0, [None] * len(procs)
+    return {name: SimpleNamespace(seconds=seconds, codes=codes, cwd=work / name,
+                                  out=[(work / name / f"rank{r}.out").read_text() for r in range(len(codes))],
+                                  err=[(work / name / f"rank{r}.err").read_text() for r in range(len(codes))])
+            for name, (seconds, codes) in results.items()}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_stops_every_rank_with_its_reason(case, launched):
+    run, (_, ranks, message) = launched[case], CASES[case]
+    print(f"{case}: exit codes {run.codes} after {run.seconds:.1f}s ({len(CASES) + len(DETERMINISM)} cases at once)")
+    assert len(run.codes) == ranks and all(code not in (0, None) for code in run.codes)
+    for rank, err in enumerate(run.err):
+        errors = [line for line in err.splitlines() if line.startswith(f"rank {rank}: error:")]
+        assert len(errors) == 1 and message in errors[0], err[-3000:]
+        assert "Traceback" not in err
+
+
+def test_divergence_is_logged(launched):
+    log = (launched["diverged"].cwd / "logs" / "diverged.txt").read_text()
+    assert re.search(r"(?m)^error: train_loss is nan at step \d+: training diverged", log)
+
+
+def test_same_seed_same_losses(launched):
+    a, b = launched["same_seed_a"], launched["same_seed_b"]
+    assert a.codes == b.codes == [0], a.err[0][-3000:] + b.err[0][-3000:]
+    lines = [re.findall(r"(?m)^step:\d+/10 train_loss:\S+|^final_roundtrip_exact .*$", run.out[0]) for run in (a, b)]
+    print("\n".join(lines[0]))
+    assert len(lines[0]) == 11 and lines[0] == lines[1]
