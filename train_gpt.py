@@ -369,19 +369,20 @@ def quantize_rows(w: torch.Tensor, bits: int, angular: bool) -> tuple[torch.Tens
     return best[1].to(torch.int8), best[2].half()
 
 
-def export_state(model: GPT, h) -> dict:
-    """int-N rows for block matrices (renormalized on load), int-EMBED_BITS rows for the embedding (not renormalized),
-    fp16 for the small tensors."""
+def export_state(model: GPT, bits: int, embed_bits: int) -> dict:
+    """On the CPU: int-`bits` rows for the block matrices (renormalized on load), int-`embed_bits` rows for the
+    embedding (not renormalized), fp16 for the small tensors."""
     unit_rows = {id(p) for p in model.matrices()}
     out = {"q": {}, "s": {}, "f": {}, "renorm": []}
     for name, p in model.named_parameters():
-        if p.ndim == 2:
-            out["q"][name], out["s"][name] = quantize_rows(p.detach(), h.quant_bits if id(p) in unit_rows else h.embed_bits, id(p) in unit_rows)
-            if id(p) in unit_rows:
-                out["renorm"].append(name)
-        else:
-            out["f"][name] = p.detach().half()
-    return {k: ({n: t.cpu() for n, t in v.items()} if isinstance(v, dict) else v) for k, v in out.items()}
+        if p.ndim < 2:
+            out["f"][name] = p.detach().half().cpu()
+            continue
+        renorm = id(p) in unit_rows
+        out["q"][name], out["s"][name] = (t.cpu() for t in quantize_rows(p.detach(), bits if renorm else embed_bits, renorm))
+        if renorm:
+            out["renorm"].append(name)
+    return out
 
 
 def dequantize_state(blob: dict) -> dict[str, torch.Tensor]:
@@ -395,10 +396,19 @@ def dequantize_state(blob: dict) -> dict[str, torch.Tensor]:
 def save_artifact(blob: dict, path: str, level: int) -> None:
     buf = io.BytesIO()
     torch.save(blob, buf)
-    data = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(buf.getvalue())
+    data = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=-1).compress(buf.getvalue())
     with open(path + ".tmp", "wb") as f:
         f.write(data)
     os.replace(path + ".tmp", path)
+
+
+def write_artifact(model: GPT, path: str, h, budget: int) -> int:
+    """Export with QUANT_BITS, then with one bit fewer at a time (down to 4) until the file fits the budget."""
+    for bits in range(h.quant_bits, 3, -1):
+        save_artifact(export_state(model, bits, h.embed_bits), path, h.zstd_level)
+        if os.path.getsize(path) <= budget:
+            break
+    return bits
 
 
 def load_artifact(path: str) -> dict[str, torch.Tensor]:
@@ -565,12 +575,13 @@ def main():
         log(f"peak_memory maxrss:{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}MiB")
     log(f"pre_quant val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f}")
 
-    path = "final_model.ptz"
+    path, code_bytes = "final_model.ptz", len(code.encode("utf-8"))
     if rank == 0:
-        save_artifact(export_state(model, h), path, h.zstd_level)
+        bits = write_artifact(model, path, h, SIZE_LIMIT - code_bytes)
+        log(f"export quant_bits:{bits} embed_bits:{h.embed_bits}" + (f" (lowered from QUANT_BITS={h.quant_bits} to fit the limit)" if bits < h.quant_bits else ""))
     if world > 1:
         dist.barrier()
-    code_bytes, model_bytes = len(code.encode("utf-8")), os.path.getsize(path)
+    model_bytes = os.path.getsize(path)
     total = code_bytes + model_bytes
     log(f"submission_bytes code:{code_bytes} model:{model_bytes} total:{total} limit:{SIZE_LIMIT}")
     over = total > SIZE_LIMIT

@@ -11,13 +11,9 @@ import torch
 import zstandard
 
 from train_gpt import (GPT, TokenStream, byte_luts, dequantize_state, evaluate, export_state, load_artifact,
-                       load_hparams, load_tokens, save_artifact, shard_files)
+                       load_hparams, load_tokens, save_artifact, shard_files, write_artifact)
 
 TINY = {"NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "TRAIN_SEQ_LEN": "64"}
-
-
-def with_bits(h, quant_bits, embed_bits=8):
-    return SimpleNamespace(**{**vars(h), "quant_bits": quant_bits, "embed_bits": embed_bits})
 
 
 def sin_angle(a, b):
@@ -31,7 +27,7 @@ def test_block_rows_unit_norm_and_angle_bounded(bits):
     h = load_hparams({**TINY, "VOCAB_SIZE": "512"})
     torch.manual_seed(bits)
     model = GPT(h)  # block matrices start with unit rows
-    blob = export_state(model, with_bits(h, bits))
+    blob = export_state(model, bits, 8)
     state = dequantize_state(blob)
     params = dict(model.named_parameters())
     assert sorted(blob["renorm"]) == sorted(n for n, p in params.items() if any(p is m for m in model.matrices()))
@@ -57,7 +53,7 @@ def test_embedding_within_its_step_and_not_renormalized(bits):
     h = load_hparams({**TINY, "VOCAB_SIZE": "512"})
     torch.manual_seed(0)
     model = GPT(h)
-    blob = export_state(model, with_bits(h, 6, bits))
+    blob = export_state(model, 6, bits)
     w, q, s = model.emb.weight.detach(), blob["q"]["emb.weight"].float(), blob["s"]["emb.weight"].float()
     deq = dequantize_state(blob)["emb.weight"]
     assert "emb.weight" not in blob["renorm"] and torch.equal(deq, q * s)  # exactly q * s: no renormalization
@@ -115,7 +111,7 @@ def test_quantization_gap_with_and_without_renorm(trained):
     and training lengths the two gaps differ by less than 0.0005 bpb, either way.)"""
     print(f"pre-quantization val_bpb {trained.pre:.4f}")
     for bits, limit in ((4, 0.02), (6, 0.005)):
-        blob = export_state(trained.model, with_bits(trained.h, bits))
+        blob = export_state(trained.model, bits, 8)
         states = [dequantize_state(b) for b in (blob, {**blob, "renorm": []})]
         drift = max((states[1][n].norm(dim=-1) - 1).abs().max().item() for n in blob["renorm"])
         gaps = [trained.score(loaded(trained.model, state)) - trained.pre for state in states]
@@ -140,7 +136,7 @@ def test_size_per_parameter_and_bit_packing(trained, tmp_path):
     zstd = zstandard.ZstdCompressor(level=22)
     print(f"{n_params} parameters; blocks at N bits, embedding at 8 bits, zstd level 22")
     for bits in (4, 5, 6, 8):
-        blob = export_state(trained.model, with_bits(trained.h, bits))
+        blob = export_state(trained.model, bits, 8)
         path = str(tmp_path / f"int{bits}.ptz")
         save_artifact(blob, path, 22)
         size = tmp_path.joinpath(f"int{bits}.ptz").stat().st_size
@@ -162,7 +158,7 @@ def test_size_per_parameter_and_bit_packing(trained, tmp_path):
 
 
 def test_file_alone_reproduces_the_model_or_fails_cleanly(trained, tmp_path):
-    blob = export_state(trained.model, trained.h)
+    blob = export_state(trained.model, trained.h.quant_bits, trained.h.embed_bits)
     path = str(tmp_path / "final_model.ptz")
     save_artifact(blob, path, 22)
     torch.manual_seed(123)
@@ -184,3 +180,18 @@ def test_file_alone_reproduces_the_model_or_fails_cleanly(trained, tmp_path):
         tmp_path.joinpath("broken.ptz").write_bytes(broken)
         with pytest.raises(ValueError, match="broken.ptz is truncated or corrupt"):
             load_artifact(str(tmp_path / "broken.ptz"))
+
+
+def test_write_artifact_lowers_bits_until_it_fits(tmp_path):
+    h = load_hparams({**TINY, "VOCAB_SIZE": "512", "QUANT_BITS": "8", "ZSTD_LEVEL": "3"})
+    model, path = GPT(h), str(tmp_path / "final_model.ptz")
+    sizes = {}
+    for bits in (8, 6, 5, 4):
+        save_artifact(export_state(model, bits, h.embed_bits), path, h.zstd_level)
+        sizes[bits] = (tmp_path / "final_model.ptz").stat().st_size
+    print("artifact bytes by bits:", sizes)
+    assert sizes[8] > sizes[6] > sizes[5] > sizes[4]
+    assert write_artifact(model, path, h, sizes[8]) == 8
+    assert write_artifact(model, path, h, sizes[5]) == 5 and (tmp_path / "final_model.ptz").stat().st_size == sizes[5]
+    assert write_artifact(model, path, h, sizes[4] - 1) == 4  # nothing fits: the smallest is kept, main() says so
+    assert (tmp_path / "final_model.ptz").stat().st_size == sizes[4]
