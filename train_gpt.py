@@ -25,8 +25,9 @@ import zstandard
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-try:
+try:  # FlashAttention 3, only a build that registers its torch ops: older ones break torch.compile's graph
     from flash_attn_interface import flash_attn_func
+    flash_attn_func = flash_attn_func if hasattr(torch.ops.flash_attn_3, "_flash_attn_forward") else None
 except ImportError:
     flash_attn_func = None
 

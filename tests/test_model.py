@@ -1,4 +1,8 @@
 """GPT and its optimizers: unit rows and hidden states after training steps, config checks, Muon's orthogonalize."""
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -81,3 +85,24 @@ def test_orthogonalize_is_nearly_semi_orthogonal(shape):
     print(f"{shape}: singular values in [{sv.min():.3f}, {sv.max():.3f}], cosine to the polar factor {cos:.3f}")
     assert 0.5 < sv.min() and sv.max() < 1.5
     assert cos > 0.9
+
+
+def test_flash_attention_3_only_when_it_registers_torch_ops():
+    """An FA3 build without its torch ops would break torch.compile's full graph: the script must fall back to SDPA."""
+    probe = """
+import sys, types, torch
+if sys.argv[1] == "registered":
+    @torch.library.custom_op("flash_attn_3::_flash_attn_forward", mutates_args=())
+    def fwd(x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+fake = types.ModuleType("flash_attn_interface")
+fake.flash_attn_func = print
+sys.modules["flash_attn_interface"] = fake
+import train_gpt
+print(train_gpt.flash_attn_func is print)
+"""
+    root = Path(__file__).resolve().parents[1]
+    for mode, expected in (("old", "False"), ("registered", "True")):
+        out = subprocess.run([sys.executable, "-c", probe, mode], capture_output=True, text=True, cwd=root)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == expected, mode
