@@ -62,7 +62,8 @@ def main(argv=None):
     env = {**TINY, "MAX_WALLCLOCK_SECONDS": str(args.seconds), "DATA_PATH": str(data_path),
            "TOKENIZER_PATH": str(tokenizer), "VOCAB_SIZE": str(vocab), **os.environ}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    shutil.copy(ROOT / "train_gpt.py", out / "train_gpt.py")
+    if out != ROOT:
+        shutil.copy(ROOT / "train_gpt.py", out / "train_gpt.py")
     print(f"[2/3] training on {nproc} {'GPU' if torch.cuda.is_available() else 'CPU'} process(es) for up to {args.seconds:.0f} s",
           flush=True)
     if run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "train_gpt.py"],
