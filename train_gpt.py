@@ -231,7 +231,7 @@ def evaluate(nll_fn, tokens: torch.Tensor, luts, seq_len: int, stride: int, batc
         nll = nll_fn(x, y).double()
         scored = (offsets[None, :-1] >= first[idx, None]) & (torch.arange(b, b + batch_seqs, device=device) < hi)[:, None]
         nbytes = luts[0][y] + (luts[1][y] & ~luts[2][x])
-        sums += torch.stack([nll[scored].sum(), scored.sum().double(), nbytes[scored].sum().double()])
+        sums += torch.stack([torch.where(scored, nll, 0).sum(), scored.sum().double(), torch.where(scored, nbytes, 0).sum().double()])
     if world > 1:
         dist.all_reduce(sums)
     loss = (sums[0] / sums[1]).item()
