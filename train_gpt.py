@@ -41,7 +41,7 @@ HPARAMS = dict(
     NUM_LAYERS=12, MODEL_DIM=512, NUM_HEADS=8, NUM_KV_HEADS=4, MLP_MULT=3, ROPE_DIMS=0, ROPE_BASE=10000.0,
     ALPHA_INIT=0.05, MATRIX_LR=0.04, SCALAR_LR=0.01, EMBED_LR=0.05, MUON_MOMENTUM=0.95, MUON_STEPS=5,
     BETA1=0.9, BETA2=0.95, EVAL_SEQ_LEN=0, EVAL_STRIDE=64, EVAL_BATCH_SEQS=32,
-    QUANT_BITS=6, EMBED_BITS=8, ZSTD_LEVEL=22, COMPILE=1,
+    QUANT_BITS=6, EMBED_BITS=8, ZSTD_LEVEL=3, COMPILE=1,
 )
 SIZE_LIMIT = 16_000_000
 
@@ -370,8 +370,11 @@ def quantize_rows(w: torch.Tensor, bits: int, angular: bool) -> tuple[torch.Tens
     return best[1].to(torch.int8), best[2].half()
 
 
-def export_state(model: GPT, bits: int, embed_bits: int) -> dict:
-    """On the CPU: int-`bits` rows for the block matrices (renormalized on load), int-`embed_bits` rows for the
+MATRIX_KINDS = ("up", "down", "o", "q", "v", "k")  # block matrices, largest first: the order write_artifact lowers bits
+
+
+def export_state(model: GPT, bits: dict[str, int], embed_bits: int) -> dict:
+    """On the CPU: int-bits[kind] rows for the block matrices (renormalized on load), int-`embed_bits` rows for the
     embedding (not renormalized), fp16 for the small tensors."""
     unit_rows = {id(p) for p in model.matrices()}
     out = {"q": {}, "s": {}, "f": {}, "renorm": []}
@@ -380,7 +383,8 @@ def export_state(model: GPT, bits: int, embed_bits: int) -> dict:
             out["f"][name] = p.detach().half().cpu()
             continue
         renorm = id(p) in unit_rows
-        out["q"][name], out["s"][name] = (t.cpu() for t in quantize_rows(p.detach(), bits if renorm else embed_bits, renorm))
+        n_bits = bits[name.rsplit(".", 1)[-1]] if renorm else embed_bits
+        out["q"][name], out["s"][name] = (t.cpu() for t in quantize_rows(p.detach(), n_bits, renorm))
         if renorm:
             out["renorm"].append(name)
     return out
@@ -403,13 +407,16 @@ def save_artifact(blob: dict, path: str, level: int) -> None:
     os.replace(path + ".tmp", path)
 
 
-def write_artifact(model: GPT, path: str, h, budget: int) -> int:
-    """Export with QUANT_BITS, then with one bit fewer at a time (down to 4) until the file fits the budget."""
-    for bits in range(h.quant_bits, 3, -1):
+def write_artifact(model: GPT, path: str, h, budget: int) -> dict[str, int]:
+    """Export with QUANT_BITS; while the file is over the budget, take one bit off one kind of block matrix at a time
+    (in MATRIX_KINDS order, down to 4 bits). Returns the bits used per kind."""
+    bits = dict.fromkeys(MATRIX_KINDS, h.quant_bits)
+    while True:
         save_artifact(export_state(model, bits, h.embed_bits), path, h.zstd_level)
-        if os.path.getsize(path) <= budget:
-            break
-    return bits
+        kind = max(bits, key=bits.get)
+        if os.path.getsize(path) <= budget or bits[kind] == 4:
+            return bits
+        bits[kind] -= 1
 
 
 def load_artifact(path: str) -> dict[str, torch.Tensor]:
@@ -579,7 +586,8 @@ def main():
     path, code_bytes = "final_model.ptz", len(code.encode("utf-8"))
     if rank == 0:
         bits = write_artifact(model, path, h, SIZE_LIMIT - code_bytes)
-        log(f"export quant_bits:{bits} embed_bits:{h.embed_bits}" + (f" (lowered from QUANT_BITS={h.quant_bits} to fit the limit)" if bits < h.quant_bits else ""))
+        log("export bits " + " ".join(f"{k}:{b}" for k, b in bits.items()) + f" embed:{h.embed_bits}"
+            + (f" (lowered from QUANT_BITS={h.quant_bits} to fit the limit)" if min(bits.values()) < h.quant_bits else ""))
     if world > 1:
         dist.barrier()
     model_bytes = os.path.getsize(path)

@@ -10,10 +10,14 @@ import sentencepiece as spm
 import torch
 import zstandard
 
-from train_gpt import (GPT, TokenStream, byte_luts, dequantize_state, evaluate, export_state, load_artifact,
-                       load_hparams, load_tokens, save_artifact, shard_files, write_artifact)
+from train_gpt import (GPT, MATRIX_KINDS, TokenStream, byte_luts, dequantize_state, evaluate, export_state,
+                       load_artifact, load_hparams, load_tokens, save_artifact, shard_files, write_artifact)
 
 TINY = {"NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "TRAIN_SEQ_LEN": "64"}
+
+
+def uniform(bits):
+    return dict.fromkeys(MATRIX_KINDS, bits)
 
 
 def sin_angle(a, b):
@@ -27,7 +31,7 @@ def test_block_rows_unit_norm_and_angle_bounded(bits):
     h = load_hparams({**TINY, "VOCAB_SIZE": "512"})
     torch.manual_seed(bits)
     model = GPT(h)  # block matrices start with unit rows
-    blob = export_state(model, bits, 8)
+    blob = export_state(model, uniform(bits), 8)
     state = dequantize_state(blob)
     params = dict(model.named_parameters())
     assert sorted(blob["renorm"]) == sorted(n for n, p in params.items() if any(p is m for m in model.matrices()))
@@ -53,7 +57,7 @@ def test_embedding_within_its_step_and_not_renormalized(bits):
     h = load_hparams({**TINY, "VOCAB_SIZE": "512"})
     torch.manual_seed(0)
     model = GPT(h)
-    blob = export_state(model, 6, bits)
+    blob = export_state(model, uniform(6), bits)
     w, q, s = model.emb.weight.detach(), blob["q"]["emb.weight"].float(), blob["s"]["emb.weight"].float()
     deq = dequantize_state(blob)["emb.weight"]
     assert "emb.weight" not in blob["renorm"] and torch.equal(deq, q * s)  # exactly q * s: no renormalization
@@ -111,7 +115,7 @@ def test_quantization_gap_with_and_without_renorm(trained):
     and training lengths the two gaps differ by less than 0.0005 bpb, either way.)"""
     print(f"pre-quantization val_bpb {trained.pre:.4f}")
     for bits, limit in ((4, 0.02), (6, 0.005)):
-        blob = export_state(trained.model, bits, 8)
+        blob = export_state(trained.model, uniform(bits), 8)
         states = [dequantize_state(b) for b in (blob, {**blob, "renorm": []})]
         drift = max((states[1][n].norm(dim=-1) - 1).abs().max().item() for n in blob["renorm"])
         gaps = [trained.score(loaded(trained.model, state)) - trained.pre for state in states]
@@ -136,7 +140,7 @@ def test_size_per_parameter_and_bit_packing(trained, tmp_path):
     zstd = zstandard.ZstdCompressor(level=22)
     print(f"{n_params} parameters; blocks at N bits, embedding at 8 bits, zstd level 22")
     for bits in (4, 5, 6, 8):
-        blob = export_state(trained.model, bits, 8)
+        blob = export_state(trained.model, uniform(bits), 8)
         path = str(tmp_path / f"int{bits}.ptz")
         save_artifact(blob, path, 22)
         size = tmp_path.joinpath(f"int{bits}.ptz").stat().st_size
@@ -158,7 +162,7 @@ def test_size_per_parameter_and_bit_packing(trained, tmp_path):
 
 
 def test_file_alone_reproduces_the_model_or_fails_cleanly(trained, tmp_path):
-    blob = export_state(trained.model, trained.h.quant_bits, trained.h.embed_bits)
+    blob = export_state(trained.model, uniform(trained.h.quant_bits), trained.h.embed_bits)
     path = str(tmp_path / "final_model.ptz")
     save_artifact(blob, path, 22)
     torch.manual_seed(123)
@@ -183,15 +187,19 @@ def test_file_alone_reproduces_the_model_or_fails_cleanly(trained, tmp_path):
 
 
 def test_write_artifact_lowers_bits_until_it_fits(tmp_path):
-    h = load_hparams({**TINY, "VOCAB_SIZE": "512", "QUANT_BITS": "8", "ZSTD_LEVEL": "3"})
-    model, path = GPT(h), str(tmp_path / "final_model.ptz")
+    h = load_hparams({**TINY, "VOCAB_SIZE": "512", "QUANT_BITS": "6"})
+    model, path = GPT(h), tmp_path / "final_model.ptz"
     sizes = {}
-    for bits in (8, 6, 5, 4):
-        save_artifact(export_state(model, bits, h.embed_bits), path, h.zstd_level)
-        sizes[bits] = (tmp_path / "final_model.ptz").stat().st_size
+    for bits in (6, 5, 4):
+        save_artifact(export_state(model, uniform(bits), h.embed_bits), str(path), h.zstd_level)
+        sizes[bits] = path.stat().st_size
     print("artifact bytes by bits:", sizes)
-    assert sizes[8] > sizes[6] > sizes[5] > sizes[4]
-    assert write_artifact(model, path, h, sizes[8]) == 8
-    assert write_artifact(model, path, h, sizes[5]) == 5 and (tmp_path / "final_model.ptz").stat().st_size == sizes[5]
-    assert write_artifact(model, path, h, sizes[4] - 1) == 4  # nothing fits: the smallest is kept, main() says so
-    assert (tmp_path / "final_model.ptz").stat().st_size == sizes[4]
+    assert sizes[6] > sizes[5] > sizes[4]
+    assert write_artifact(model, str(path), h, sizes[6]) == uniform(6)
+    budget = (sizes[6] + sizes[5]) // 2  # fits only once some kinds, largest first, have lost a bit
+    bits = write_artifact(model, str(path), h, budget)
+    assert path.stat().st_size <= budget and 5 <= min(bits.values()) and max(bits.values()) == 6
+    lowered = [k for k in MATRIX_KINDS if bits[k] == 5]
+    assert lowered == list(MATRIX_KINDS[:len(lowered)]) and lowered[0] == "up"
+    assert write_artifact(model, str(path), h, sizes[4] - 1) == uniform(4)  # nothing fits: 4 bits, main() says so
+    assert path.stat().st_size == sizes[4]
