@@ -241,8 +241,9 @@ def evaluate(nll_fn, tokens: torch.Tensor, luts, seq_len: int, stride: int, batc
 
 
 class UnitNorm(torch.autograd.Function):
-    """x / ||x|| over the last dim with fp32 math and a hand-written backward. It is one opaque node for dynamo
-    (allow_in_graph), so Inductor cannot fuse the fp32 math away across ~90 chained normalizations."""
+    """x / ||x|| over the last dim with fp32 math and a hand-written backward. Registered with allow_in_graph: dynamo
+    takes it whole, without graph breaks, and the fp32 math runs as written, so ~90 chained normalizations compile
+    as accurately as they run eagerly."""
 
     @staticmethod
     def forward(ctx, x):
