@@ -126,6 +126,19 @@ class Muon(torch.optim.Optimizer):
                 p.add_(flat[offset:offset + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
                 offset += p.numel()
 
+def make_optimizers(model, h) -> list[torch.optim.Optimizer]:
+    """Muon for the block matrices; Adam for the embedding (EMBED_LR) and every other tensor (SCALAR_LR).
+    Each group remembers its base_lr for the schedule."""
+    matrices = {id(p) for p in model.matrices()}
+    scalars = [p for p in model.parameters() if id(p) not in matrices and p is not model.emb.weight]
+    optimizers = [Muon(model.matrices(), h.matrix_lr, h.muon_momentum, h.muon_steps),
+                  torch.optim.Adam([dict(params=[model.emb.weight], lr=h.embed_lr), dict(params=scalars, lr=h.scalar_lr)],
+                                   betas=(h.beta1, h.beta2), eps=1e-8, fused=model.emb.weight.is_cuda)]
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["base_lr"] = group["lr"]
+    return optimizers
+
 # ----------------------------------------------------------------------------------------------- data
 
 SHARD_MAGIC, SHARD_HEADER_BYTES = 20240520, 1024
@@ -225,11 +238,12 @@ def evaluate(nll_fn, tokens: torch.Tensor, luts, seq_len: int, stride: int, batc
     offsets = torch.arange(seq_len + 1, device=device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     for b in range(lo, hi, batch_seqs):
-        idx = torch.arange(b, b + batch_seqs, device=device).clamp_max(hi - 1)
+        rows = torch.arange(b, b + batch_seqs, device=device)
+        idx = rows.clamp_max(hi - 1)
         window = tokens[starts[idx, None] + offsets].long()
         x, y = window[:, :-1], window[:, 1:]
         nll = nll_fn(x, y).double()
-        scored = (offsets[None, :-1] >= first[idx, None]) & (torch.arange(b, b + batch_seqs, device=device) < hi)[:, None]
+        scored = (offsets[None, :-1] >= first[idx, None]) & (rows < hi)[:, None]
         nbytes = luts[0][y] + (luts[1][y] & ~luts[2][x])
         sums += torch.stack([torch.where(scored, nll, 0).sum(), scored.sum().double(), torch.where(scored, nbytes, 0).sum().double()])
     if world > 1:
@@ -263,6 +277,13 @@ torch._dynamo.allow_in_graph(UnitNorm)
 
 def unit(x: torch.Tensor) -> torch.Tensor:
     return UnitNorm.apply(x)
+
+
+def rope_tables(h) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (T, 1, ROPE_DIMS / 2) for every position up to the longest sequence."""
+    freqs = h.rope_base ** (-torch.arange(0, h.rope_dims, 2).float() / (h.model_dim // h.num_heads))
+    angles = torch.outer(torch.arange(max(h.train_seq_len, h.eval_seq_len)).float(), freqs)
+    return angles.cos()[:, None, :], angles.sin()[:, None, :]
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -325,11 +346,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(h) for _ in range(h.num_layers))
         self.logit_scale = nn.Parameter(torch.ones(()))
         self.logit_init = h.model_dim ** 0.5
-        hd = h.model_dim // h.num_heads
-        freqs = h.rope_base ** (-torch.arange(0, h.rope_dims, 2).float() / hd)
-        angles = torch.outer(torch.arange(max(h.train_seq_len, h.eval_seq_len)).float(), freqs)
-        self.register_buffer("cos", angles.cos()[:, None, :], persistent=False)
-        self.register_buffer("sin", angles.sin()[:, None, :], persistent=False)
+        for name, table in zip(("cos", "sin"), rope_tables(h)):
+            self.register_buffer(name, table, persistent=False)
         self.renorm_()
 
     def matrices(self) -> list[nn.Parameter]:
@@ -486,16 +504,7 @@ def main():
     log(f"model_params:{sum(p.numel() for p in model.parameters())}")
     compiled = torch.compile(model, dynamic=False, fullgraph=True) if cuda and h.compile else model
     trainer = DDP(compiled, device_ids=[local_rank] if cuda else None) if world > 1 else compiled
-    matrices = {id(p) for p in model.matrices()}
-    adam = dict(betas=(h.beta1, h.beta2), eps=1e-8, fused=cuda)
-    optimizers = [
-        Muon(model.matrices(), h.matrix_lr, h.muon_momentum, h.muon_steps),
-        torch.optim.Adam([dict(params=[model.emb.weight], lr=h.embed_lr),
-                          dict(params=[p for p in model.parameters() if id(p) not in matrices and p is not model.emb.weight], lr=h.scalar_lr)], **adam),
-    ]
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["base_lr"] = group["lr"]
+    optimizers = make_optimizers(model, h)
     val_tokens = val_tokens.to(device)
     luts = byte_luts(sp, h.vocab_size, device)
     seqs = h.train_batch_tokens // (8 * h.train_seq_len)

@@ -1,9 +1,5 @@
-"""Train logs for the tool tests: the `run_logs` fixture and helpers to doctor copies.
-
-run_logs returns 3 dicts {"log": Path, "script": Path, "ptz": Path}. It uses the
-session fixture `cpu_runs` (real tiny CPU runs of train_gpt.py) when conftest.py
-provides one, else synthesizes 3 logs in the format train_gpt.py writes.
-"""
+"""Train logs for the tool tests: helpers to doctor copies of the real runs (conftest's `cpu_runs`, dicts
+{"log", "script", "ptz"}), and synthetic logs whose script source holds decoy log lines."""
 
 from __future__ import annotations
 
@@ -12,8 +8,6 @@ import re
 import shutil
 import sys
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -86,14 +80,6 @@ def synthesize_runs(directory: Path, seeds=(1337, 42, 2024)) -> list[dict]:
         log.write_text(FAKE_SOURCE + "\n" + SEPARATOR + "\n" + TEMPLATE.format(**values))
         runs.append({"log": log, "script": script, "ptz": ptz})
     return runs
-
-
-@pytest.fixture(scope="session")
-def run_logs(request, tmp_path_factory) -> list[dict]:
-    try:
-        return request.getfixturevalue("cpu_runs")
-    except pytest.FixtureLookupError:
-        return synthesize_runs(tmp_path_factory.mktemp("synthetic_runs"))
 
 
 def copy_run(run: dict, directory: Path) -> dict:

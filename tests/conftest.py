@@ -112,19 +112,3 @@ def cpu_runs(tmp_path_factory, tiny_run_env):
                      "seconds": time.perf_counter() - t0})
         print(f"cpu_runs: SEED={seed} took {runs[-1]['seconds']:.1f}s")
     return runs
-
-
-@pytest.fixture(scope="session")
-def main_optimizers():
-    """make(model, h) -> the optimizers exactly as train_gpt.main() sets them up on the CPU."""
-    import torch
-    import train_gpt
-
-    def make(model, h):
-        matrices = {id(p) for p in model.matrices()}
-        return [train_gpt.Muon(model.matrices(), h.matrix_lr, h.muon_momentum, h.muon_steps),
-                torch.optim.Adam([dict(params=[model.emb.weight], lr=h.embed_lr),
-                                  dict(params=[p for p in model.parameters()
-                                               if id(p) not in matrices and p is not model.emb.weight],
-                                       lr=h.scalar_lr)], betas=(h.beta1, h.beta2), eps=1e-8)]
-    return make

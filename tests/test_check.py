@@ -2,7 +2,7 @@ import re
 import subprocess
 import sys
 
-from _logs import REPO, copy_run, edit_body, run_logs, sub_line, synthesize_runs  # noqa: F401  (fixture)
+from _logs import REPO, copy_run, edit_body, sub_line, synthesize_runs
 from tools.check import check_log, violations
 from tools.runlog import parse_log
 
@@ -13,9 +13,9 @@ def failed(run, **kwargs):
     return {row.rule for row in violations(check_log(run["log"], run["script"], run["ptz"], **kwargs))}
 
 
-def test_clean_logs_pass(run_logs):
-    assert len(run_logs) == 3
-    for run in run_logs:
+def test_clean_logs_pass(cpu_runs):
+    assert len(cpu_runs) == 3
+    for run in cpu_runs:
         rows = check_log(run["log"], run["script"], run["ptz"])
         assert violations(rows) == [], rows
         assert {row.rule for row in rows} == {
@@ -41,8 +41,8 @@ def _grow_ptz(run, total):
         body, "submission_bytes ", r"model:\d+ total:\d+", f"model:{total - code} total:{total}"))
 
 
-def test_bytes_at_cap_pass_and_one_over_fails(run_logs, tmp_path):
-    run = copy_run(run_logs[0], tmp_path / "run")
+def test_bytes_at_cap_pass_and_one_over_fails(cpu_runs, tmp_path):
+    run = copy_run(cpu_runs[0], tmp_path / "run")
     _grow_ptz(run, 16_000_000)
     assert failed(run) == set()
     _grow_ptz(run, 16_000_001)
@@ -50,37 +50,37 @@ def test_bytes_at_cap_pass_and_one_over_fails(run_logs, tmp_path):
     assert failed({**run, "script": None, "ptz": None}) == {"artifact bytes"}  # the log's own total
 
 
-def test_log_total_differing_from_files_fails(run_logs, tmp_path):
-    run = copy_run(run_logs[0], tmp_path / "run")
+def test_log_total_differing_from_files_fails(cpu_runs, tmp_path):
+    run = copy_run(cpu_runs[0], tmp_path / "run")
     with open(run["ptz"], "ab") as f:
         f.write(b"\0")
     assert failed(run) == {"bytes match log"}
 
 
-def test_training_time_cap(run_logs, tmp_path):
-    run = copy_run(run_logs[0], tmp_path / "run")
+def test_training_time_cap(cpu_runs, tmp_path):
+    run = copy_run(cpu_runs[0], tmp_path / "run")
     edit_body(run["log"], lambda body: sub_line(body, "step:", r"train_time:\S+", "train_time:600000ms"))
     assert failed(run) == set()
     edit_body(run["log"], lambda body: sub_line(body, "step:", r"train_time:\S+", "train_time:600001ms"))
     assert failed(run) == {"training time"}
 
 
-def test_evaluation_time_cap(run_logs, tmp_path):
-    run = copy_run(run_logs[0], tmp_path / "run")
+def test_evaluation_time_cap(cpu_runs, tmp_path):
+    run = copy_run(cpu_runs[0], tmp_path / "run")
     edit_body(run["log"], lambda body: sub_line(body, "eval_phase_time:", r"\S+", "eval_phase_time:600001ms"))
     assert failed(run) == {"evaluation time"}
 
 
-def test_evaluation_time_falls_back_to_final_roundtrip(run_logs, tmp_path):
-    run = copy_run(run_logs[0], tmp_path / "run")
+def test_evaluation_time_falls_back_to_final_roundtrip(cpu_runs, tmp_path):
+    run = copy_run(cpu_runs[0], tmp_path / "run")
     edit_body(run["log"], lambda body: re.sub(r"(?m)^eval_phase_time:.*\n", "", body))
     assert failed(run) == set()
     edit_body(run["log"], lambda body: sub_line(body, "final_roundtrip ", r"eval_time:\S+", "eval_time:600001ms"))
     assert failed(run) == {"evaluation time"}
 
 
-def test_script_one_character_different_fails(run_logs, tmp_path):
-    run = copy_run(run_logs[0], tmp_path / "run")
+def test_script_one_character_different_fails(cpu_runs, tmp_path):
+    run = copy_run(cpu_runs[0], tmp_path / "run")
     data = bytearray(run["script"].read_bytes())
     i = next(i for i in range(len(data) // 2, len(data)) if bytes([data[i]]).isalpha())
     data[i] = ord("a") if data[i] != ord("a") else ord("b")
@@ -90,26 +90,26 @@ def test_script_one_character_different_fails(run_logs, tmp_path):
     assert f"differs at byte {i}" in {row.rule: row.value for row in rows}["source matches script"]
 
 
-def test_missing_final_line_fails(run_logs, tmp_path):
-    run = copy_run(run_logs[0], tmp_path / "run")
+def test_missing_final_line_fails(cpu_runs, tmp_path):
+    run = copy_run(cpu_runs[0], tmp_path / "run")
     edit_body(run["log"], lambda body: re.sub(r"(?m)^final_roundtrip_exact .*\n", "", body))
     assert failed(run) == {"final score"}
 
 
-def test_nan_train_loss_fails(run_logs, tmp_path):
-    run = copy_run(run_logs[0], tmp_path / "run")
+def test_nan_train_loss_fails(cpu_runs, tmp_path):
+    run = copy_run(cpu_runs[0], tmp_path / "run")
     edit_body(run["log"], lambda body: sub_line(body, "step:", r"train_loss:\S+", "train_loss:nan", last=False))
     assert failed(run) == {"finite losses"}
 
 
-def test_error_line_fails(run_logs, tmp_path):
-    run = copy_run(run_logs[0], tmp_path / "run")
+def test_error_line_fails(cpu_runs, tmp_path):
+    run = copy_run(cpu_runs[0], tmp_path / "run")
     edit_body(run["log"], lambda body: body + "error: CUDA out of memory\n")
     assert failed(run) == {"no error line"}
 
 
-def test_8xh100_is_info_unless_required(run_logs, tmp_path):
-    run = copy_run(run_logs[0], tmp_path / "run")  # a CPU run
+def test_8xh100_is_info_unless_required(cpu_runs, tmp_path):
+    run = copy_run(cpu_runs[0], tmp_path / "run")  # a CPU run
     rows = {row.rule: row.status for row in check_log(run["log"], run["script"], run["ptz"])}
     assert rows["8x H100"] == "INFO"
     assert failed(run, require_8xh100=True) == {"8x H100"}
@@ -118,8 +118,8 @@ def test_8xh100_is_info_unless_required(run_logs, tmp_path):
     assert failed(run, require_8xh100=True) == set()
 
 
-def test_cli_exit_codes(run_logs, tmp_path):
-    run = copy_run(run_logs[0], tmp_path / "run")
+def test_cli_exit_codes(cpu_runs, tmp_path):
+    run = copy_run(cpu_runs[0], tmp_path / "run")
     args = [str(run["log"]), "--script", str(run["script"]), "--ptz", str(run["ptz"])]
     clean = subprocess.run(CHECK + args, capture_output=True, text=True)
     assert clean.returncode == 0, clean.stderr

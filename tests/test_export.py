@@ -11,7 +11,8 @@ import torch
 import zstandard
 
 from train_gpt import (GPT, MATRIX_KINDS, TokenStream, byte_luts, dequantize_state, evaluate, export_state,
-                       load_artifact, load_hparams, load_tokens, save_artifact, shard_files, write_artifact)
+                       load_artifact, load_hparams, load_tokens, make_optimizers, save_artifact, shard_files,
+                       write_artifact)
 
 TINY = {"NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "TRAIN_SEQ_LEN": "64"}
 
@@ -74,12 +75,12 @@ def test_embedding_within_its_step_and_not_renormalized(bits):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_shards, main_optimizers):
+def trained(tiny_shards):
     """A tiny GPT trained for 50 steps on the tiny shards with main()'s optimizers, and a val_bpb scorer."""
     h = load_hparams({**TINY, **tiny_shards.env})
     torch.manual_seed(0)
     model = GPT(h)
-    optimizers = main_optimizers(model, h)
+    optimizers = make_optimizers(model, h)
     stream = TokenStream(shard_files(f"{tiny_shards.data_path}/fineweb_train_*.bin"), h.vocab_size)
     losses = []
     for _ in range(50):

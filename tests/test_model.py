@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_gpt import HPARAMS, GPT, TokenStream, check_config, load_hparams, orthogonalize, shard_files
+from train_gpt import (HPARAMS, GPT, TokenStream, check_config, load_hparams, make_optimizers, orthogonalize,
+                       shard_files)
 
 TINY = {"VOCAB_SIZE": "512", "NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2",
         "TRAIN_SEQ_LEN": "64"}
@@ -16,14 +17,14 @@ def row_norm_error(p):
     return (p.detach().norm(dim=-1) - 1).abs().max().item()
 
 
-def test_unit_rows_and_hidden_states_after_training_steps(tiny_shards, main_optimizers):
+def test_unit_rows_and_hidden_states_after_training_steps(tiny_shards):
     h = load_hparams(TINY)
     torch.manual_seed(0)
     model = GPT(h)
     matrices = model.matrices()  # every 2-D block weight, each with rows along the model dim
     assert [id(p) for p in matrices] == [id(p) for b in model.blocks for p in b.parameters() if p.ndim == 2]
     assert all(p.size(-1) == h.model_dim for p in matrices) and len(matrices) == 6 * h.num_layers
-    optimizers = main_optimizers(model, h)
+    optimizers = make_optimizers(model, h)
     stream = TokenStream(shard_files(f"{tiny_shards.data_path}/fineweb_train_*.bin"), h.vocab_size)
     for _ in range(3):
         x, y = stream.batch(4, h.train_seq_len, 0, 1, "cpu")

@@ -7,7 +7,7 @@ import sys
 import pytest
 from scipy import stats
 
-from _logs import REPO, SEPARATOR, copy_run, edit_body, run_logs, sub_line  # noqa: F401  (fixture)
+from _logs import REPO, SEPARATOR, copy_run, edit_body, sub_line
 from tools import record
 
 DATE = "2026-01-02"
@@ -30,8 +30,8 @@ def log_facts(path):
 
 
 @pytest.fixture
-def runs(run_logs, tmp_path):
-    return [copy_run(run, tmp_path / f"run{i}") for i, run in enumerate(run_logs)]
+def runs(cpu_runs, tmp_path):
+    return [copy_run(run, tmp_path / f"run{i}") for i, run in enumerate(cpu_runs)]
 
 
 def args(runs, tmp_path, *extra, ptz=True):

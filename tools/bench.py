@@ -61,11 +61,8 @@ class StandardGPT(nn.Module):
         self.emb = nn.Embedding(h.vocab_size, h.model_dim)
         nn.init.normal_(self.emb.weight, std=0.02)
         self.blocks = nn.ModuleList(StandardBlock(h) for _ in range(h.num_layers))
-        hd = h.model_dim // h.num_heads
-        freqs = h.rope_base ** (-torch.arange(0, h.rope_dims, 2).float() / hd)
-        angles = torch.outer(torch.arange(max(h.train_seq_len, h.eval_seq_len)).float(), freqs)
-        self.register_buffer("cos", angles.cos()[:, None, :], persistent=False)
-        self.register_buffer("sin", angles.sin()[:, None, :], persistent=False)
+        for name, table in zip(("cos", "sin"), train_gpt.rope_tables(h)):
+            self.register_buffer(name, table, persistent=False)
 
     def matrices(self) -> list[nn.Parameter]:
         return [p for b in self.blocks for p in b.parameters() if p.ndim == 2]
@@ -80,21 +77,12 @@ class StandardGPT(nn.Module):
         return loss if reduction == "mean" else loss.view_as(targets)
 
 
-def optimizers(model, h, cuda: bool) -> list[torch.optim.Optimizer]:
-    """Muon for the block matrices, Adam for the embedding and any scalars, with train_gpt.main's settings."""
-    matrices = {id(p) for p in model.matrices()}
-    scalars = [p for p in model.parameters() if id(p) not in matrices and p is not model.emb.weight]
-    groups = [dict(params=[model.emb.weight], lr=h.embed_lr)] + ([dict(params=scalars, lr=h.scalar_lr)] if scalars else [])
-    return [train_gpt.Muon(model.matrices(), h.matrix_lr, h.muon_momentum, h.muon_steps),
-            torch.optim.Adam(groups, betas=(h.beta1, h.beta2), eps=1e-8, fused=cuda)]
-
-
 def train_step_fn(model, h, device, batch_tokens: int, compile_: bool):
     """A closure running one full training step (forward, backward, optimizer steps, nGPT's renorm_) on a fixed
     synthetic batch; it returns the loss tensor (never read inside the step, so nothing syncs)."""
     cuda = device.type == "cuda"
     run = torch.compile(model, dynamic=False, fullgraph=True) if compile_ else model
-    opts = optimizers(model, h, cuda)
+    opts = train_gpt.make_optimizers(model, h)
     x, y = torch.randint(h.vocab_size, (2, batch_tokens // h.train_seq_len, h.train_seq_len), device=device)
     after = model.renorm_ if isinstance(model, train_gpt.GPT) else (lambda: None)
 

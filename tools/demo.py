@@ -11,11 +11,12 @@ Everything goes under --out; nothing else is touched.
 import argparse
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from runlog import parse_log
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(NUM_LAYERS="4", MODEL_DIM="128", NUM_HEADS="4", NUM_KV_HEADS="2", MLP_MULT="3", TRAIN_SEQ_LEN="256",
@@ -74,9 +75,9 @@ def main(argv=None):
     print("[3/3] checking the run against the rules", flush=True)
     checked = run([sys.executable, ROOT / "tools" / "check.py", log, "--script", out / "train_gpt.py",
                    "--ptz", out / "final_model.ptz"])
-    text = log.read_text(encoding="utf-8")
-    loss, bpb = map(float, re.findall(r"^final_roundtrip_exact val_loss:(\S+) val_bpb:(\S+)", text, re.M)[-1])
-    total = int(re.findall(r"^submission_bytes .*total:(\d+)", text, re.M)[-1])
+    result = parse_log(log)
+    loss, bpb = result["final_exact"]["val_loss"], result["final_exact"]["val_bpb"]
+    total = result["submission_bytes"]["total"]
     uniform = math.log2(vocab) * bpb * math.log(2) / loss  # log2(V) bits per token, times tokens per byte
     print(f"\nscore: val_bpb {bpb:.4f} (val_loss {loss:.4f} nats/token; a uniform guess over {vocab} pieces scores "
           f"{uniform:.4f})\nartifact: {total} bytes (train_gpt.py + final_model.ptz)\n"
