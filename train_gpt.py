@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import numpy as np
@@ -39,8 +40,9 @@ HPARAMS = dict(
     ITERATIONS=20000, WARMUP_STEPS=20, WARMDOWN_ITERS=1200, MAX_WALLCLOCK_SECONDS=600.0,
     TRAIN_BATCH_TOKENS=786432, TRAIN_SEQ_LEN=2048, TRAIN_LOG_EVERY=200, VAL_LOSS_EVERY=1000, VAL_BATCH_SIZE=524288,
     NUM_LAYERS=12, MODEL_DIM=512, NUM_HEADS=8, NUM_KV_HEADS=4, MLP_MULT=3, ROPE_DIMS=0, ROPE_BASE=10000.0,
-    ALPHA_INIT=0.05, MATRIX_LR=0.04, SCALAR_LR=0.01, EMBED_LR=0.05, MUON_MOMENTUM=0.95, MUON_STEPS=5,
-    BETA1=0.9, BETA2=0.95, EVAL_SEQ_LEN=0, EVAL_STRIDE=64, EVAL_BATCH_SEQS=32,
+    EMBED_INIT_STD=0.005, QK_GAIN_INIT=1.0, LEAKY_SLOPE=0.0, ALPHA_INIT=0.05,
+    MATRIX_LR=0.04, SCALAR_LR=0.01, EMBED_LR=0.05, SPHERE_OPT="retract", MUON_WD=0.0, MUON_MOMENTUM=0.95,
+    MUON_MOMENTUM_WARMUP_START=0.85, MUON_MOMENTUM_WARMUP_STEPS=0, MUON_STEPS=5, BETA1=0.9, BETA2=0.95, EMA_DECAY=0.0, EVAL_SEQ_LEN=0, EVAL_STRIDE=64, EVAL_BATCH_SEQS=32,
     QUANT_BITS=6, EMBED_BITS=8, ZSTD_LEVEL=3, COMPILE=1,
 )
 SIZE_LIMIT = 16_000_000
@@ -75,6 +77,12 @@ def check_config(h, world: int) -> None:
         (not (4 <= h.quant_bits <= 8 and 4 <= h.embed_bits <= 8), "QUANT_BITS and EMBED_BITS must be in 4..8"),
         (not 0 < h.vocab_size <= 65536, f"VOCAB_SIZE={h.vocab_size} must be in 1..65536 (uint16 tokens)"),
         (min(h.num_layers, h.mlp_mult, h.iterations, h.eval_batch_seqs) < 1, "NUM_LAYERS, MLP_MULT, ITERATIONS, EVAL_BATCH_SEQS must be >= 1"),
+        (h.sphere_opt not in ("retract", "wn"), f"SPHERE_OPT={h.sphere_opt!r} must be 'retract' or 'wn'"),
+        (h.muon_wd < 0 or (h.muon_wd > 0 and h.sphere_opt != "wn"), f"MUON_WD={h.muon_wd} must be >= 0, and it only acts "
+         "with SPHERE_OPT=wn (retraction renormalizes the rows, which undoes any decay)"),
+        (not 0 <= h.ema_decay < 1, f"EMA_DECAY={h.ema_decay} must be in [0, 1)"),
+        (not 0 <= h.leaky_slope < 1, f"LEAKY_SLOPE={h.leaky_slope} must be in [0, 1)"),
+        (h.embed_init_std <= 0 or h.muon_momentum_warmup_steps < 0, "EMBED_INIT_STD must be > 0, MUON_MOMENTUM_WARMUP_STEPS >= 0"),
     ]
     for bad, message in problems:
         if bad:
@@ -84,8 +92,9 @@ def check_config(h, world: int) -> None:
 
 
 def orthogonalize(g: torch.Tensor, steps: int) -> torch.Tensor:
-    """Newton-Schulz iteration towards the nearest semi-orthogonal matrix (Muon), in bf16."""
-    x = g.bfloat16()
+    """Newton-Schulz iteration towards the nearest semi-orthogonal matrix (Muon): bf16 on GPUs, fp32 on CPUs (whose
+    bf16 matmuls are emulated and 30x slower)."""
+    x = g.to(torch.bfloat16 if g.is_cuda else torch.float32)
     tall = x.size(0) > x.size(1)
     if tall:
         x = x.T
@@ -97,10 +106,12 @@ def orthogonalize(g: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 class Muon(torch.optim.Optimizer):
-    """Momentum + orthogonalized updates; each rank orthogonalizes a share of the matrices, one all-reduce joins them."""
+    """Nesterov momentum + orthogonalized updates + decoupled weight decay (p *= 1 - lr * wd). Each rank
+    orthogonalizes a share of the matrices; one all-reduce joins them."""
 
-    def __init__(self, params, lr: float, momentum: float, steps: int):
-        super().__init__(params, dict(lr=lr, momentum=momentum, steps=steps))
+    def __init__(self, params, lr: float, momentum: float, steps: int, weight_decay: float, ortho=orthogonalize):
+        super().__init__(params, dict(lr=lr, momentum=momentum, steps=steps, weight_decay=weight_decay))
+        self.ortho = ortho
 
     @torch.no_grad()
     def step(self):
@@ -109,35 +120,47 @@ class Muon(torch.optim.Optimizer):
             params, mom = group["params"], group["momentum"]
             flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device,
                                dtype=torch.bfloat16 if params[0].is_cuda else torch.float32)
-            offset = 0
+            updates = flat.split([p.numel() for p in params])
             for i, p in enumerate(params):
                 if i % world == rank:
                     state = self.state[p]
                     if "buf" not in state:
                         state["buf"] = torch.zeros_like(p)
                     state["buf"].mul_(mom).add_(p.grad)
-                    update = orthogonalize(p.grad.add(state["buf"], alpha=mom), group["steps"])
-                    flat[offset:offset + p.numel()] = update.flatten() * max(1.0, p.size(0) / p.size(1)) ** 0.5
-                offset += p.numel()
+                    update = self.ortho(p.grad.add(state["buf"], alpha=mom), group["steps"])
+                    updates[i].copy_(update.flatten() * max(1.0, p.size(0) / p.size(1)) ** 0.5)
             if world > 1:
                 dist.all_reduce(flat)
-            offset = 0
-            for p in params:
-                p.add_(flat[offset:offset + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
-                offset += p.numel()
+            if group["weight_decay"] > 0:
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+            torch._foreach_add_(params, [u.view_as(p).to(p.dtype) for u, p in zip(updates, params)], alpha=-group["lr"])
+
 
 def make_optimizers(model, h) -> list[torch.optim.Optimizer]:
-    """Muon for the block matrices; Adam for the embedding (EMBED_LR) and every other tensor (SCALAR_LR).
-    Each group remembers its base_lr for the schedule."""
+    """Muon for the block matrices (MATRIX_LR, MUON_WD); Adam for the embedding (EMBED_LR) and every other tensor
+    (SCALAR_LR). Each group remembers its base_lr for the schedule. Newton-Schulz is compiled on GPUs."""
+    cuda = model.emb.weight.is_cuda
+    ortho = torch.compile(orthogonalize, dynamic=False) if cuda and h.compile else orthogonalize
     matrices = {id(p) for p in model.matrices()}
     scalars = [p for p in model.parameters() if id(p) not in matrices and p is not model.emb.weight]
-    optimizers = [Muon(model.matrices(), h.matrix_lr, h.muon_momentum, h.muon_steps),
+    optimizers = [Muon(model.matrices(), h.matrix_lr, h.muon_momentum, h.muon_steps, h.muon_wd, ortho),
                   torch.optim.Adam([dict(params=[model.emb.weight], lr=h.embed_lr), dict(params=scalars, lr=h.scalar_lr)],
-                                   betas=(h.beta1, h.beta2), eps=1e-8, fused=model.emb.weight.is_cuda)]
+                                   betas=(h.beta1, h.beta2), eps=1e-8, fused=cuda)]
     for opt in optimizers:
         for group in opt.param_groups:
             group["base_lr"] = group["lr"]
     return optimizers
+
+
+def set_schedule(optimizers, h, step: int, lr_mul: float) -> None:
+    """Every learning rate at lr_mul times its base; Muon's momentum warms up linearly from
+    MUON_MOMENTUM_WARMUP_START to MUON_MOMENTUM over MUON_MOMENTUM_WARMUP_STEPS."""
+    frac = min(1.0, step / h.muon_momentum_warmup_steps) if h.muon_momentum_warmup_steps > 0 else 1.0
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * lr_mul
+            if isinstance(opt, Muon):
+                group["momentum"] = h.muon_momentum_warmup_start + frac * (h.muon_momentum - h.muon_momentum_warmup_start)
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -175,17 +198,25 @@ def load_tokens(pattern: str, vocab_size: int = 65536) -> torch.Tensor:
 
 
 class TokenStream:
-    """Reads the training shards in order, forever; every rank reads the same stream and keeps its own span."""
+    """Reads the training shards in order, forever; every rank reads the same stream and keeps its own span. The next
+    shard is read (and pinned, for GPUs) by a background thread while this one is consumed, off the critical path."""
 
-    def __init__(self, files: list[str], vocab_size: int):
-        self.files, self.vocab_size, self.index = files, vocab_size, -1
+    def __init__(self, files: list[str], vocab_size: int, pin: bool = False):
+        self.files, self.vocab_size, self.pin, self.index = files, vocab_size, pin, 0
+        self.loader = ThreadPoolExecutor(max_workers=1)
+        self.next = self.loader.submit(self._read, 0)
         self._advance()
 
-    def _advance(self):
-        self.index = (self.index + 1) % len(self.files)
-        self.tokens, self.pos = load_shard(self.files[self.index], self.vocab_size), 0
+    def _read(self, index: int) -> torch.Tensor:
+        tokens = torch.from_numpy(load_shard(self.files[index], self.vocab_size).astype(np.int32))
+        return tokens.pin_memory() if self.pin else tokens
 
-    def take(self, n: int) -> np.ndarray:
+    def _advance(self):
+        self.tokens, self.pos = self.next.result(), 0
+        self.index = (self.index + 1) % len(self.files)
+        self.next = self.loader.submit(self._read, self.index)
+
+    def take(self, n: int) -> torch.Tensor:
         parts = []
         while n > 0:
             if self.pos == len(self.tokens):
@@ -193,11 +224,11 @@ class TokenStream:
             k = min(n, len(self.tokens) - self.pos)
             parts.append(self.tokens[self.pos:self.pos + k])
             self.pos, n = self.pos + k, n - k
-        return np.concatenate(parts)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def batch(self, seqs: int, seq_len: int, rank: int, world: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         span = seqs * seq_len + 1
-        chunk = torch.from_numpy(self.take(span * world)[rank * span:(rank + 1) * span].astype(np.int64)).to(device)
+        chunk = self.take(span * world)[rank * span:(rank + 1) * span].to(device, non_blocking=True).long()
         return chunk[:-1].view(seqs, seq_len), chunk[1:].view(seqs, seq_len)
 
 # ----------------------------------------------------------------------------------------------- metric
@@ -280,8 +311,9 @@ def unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def rope_tables(h) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape (T, 1, ROPE_DIMS / 2) for every position up to the longest sequence."""
-    freqs = h.rope_base ** (-torch.arange(0, h.rope_dims, 2).float() / (h.model_dim // h.num_heads))
+    """cos and sin of shape (T, 1, ROPE_DIMS / 2) for every position up to the longest sequence; the frequencies span
+    ROPE_BASE over the rotated dims, so partial RoPE keeps long wavelengths too."""
+    freqs = h.rope_base ** (-torch.arange(0, h.rope_dims, 2).float() / h.rope_dims)
     angles = torch.outer(torch.arange(max(h.train_seq_len, h.eval_seq_len)).float(), freqs)
     return angles.cos()[:, None, :], angles.sin()[:, None, :]
 
@@ -306,7 +338,8 @@ def attention(q, k, v, scale: float) -> torch.Tensor:
 
 class Block(nn.Module):
     """h <- Norm(h + a_A (Norm(Attn(h)) - h)); h <- Norm(h + a_M (Norm(MLP(h)) - h)).
-    Every weight matrix is stored with its model-dim axis last and kept with unit rows along it."""
+    Every weight matrix is stored with its model-dim axis last and used with unit rows along it: kept so by a
+    retraction after each step (SPHERE_OPT=retract), or stored free and normalized in the forward (SPHERE_OPT=wn)."""
 
     def __init__(self, h):
         super().__init__()
@@ -322,19 +355,29 @@ class Block(nn.Module):
         self.scale, self.alpha_init = d ** 0.5, h.alpha_init
         self.alpha_attn = nn.Parameter(torch.full((d,), d ** -0.5))
         self.alpha_mlp = nn.Parameter(torch.full((d,), d ** -0.5))
-        self.q_gain = nn.Parameter(torch.full((d,), d ** -0.5))
+        self.q_gain = nn.Parameter(torch.full((d,), h.qk_gain_init * d ** -0.5))  # logits QK_GAIN_INIT sqrt(hd) cos
         self.mlp_gain = nn.Parameter(torch.ones(hidden))
+        self.leaky_slope, self.wn = h.leaky_slope, h.sphere_opt == "wn"
+
+    def w(self, name: str) -> torch.Tensor:
+        p = getattr(self, name)
+        return unit(p) if self.wn else p
+
+    def mlp_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """leaky_relu(x W_up * g)^2 (LEAKY_SLOPE 0: relu^2), in the matmul's dtype (bf16 under autocast)."""
+        u = F.linear(x, self.w("up"))
+        return F.leaky_relu(u * self.mlp_gain.to(u.dtype), self.leaky_slope).square()
 
     def forward(self, x, cos, sin):
         B, T, _ = x.shape
-        q = F.linear(x, self.q).view(B, T, self.heads, self.head_dim)
-        k = F.linear(x, self.k).view(B, T, self.kv_heads, self.head_dim)
-        v = F.linear(x, self.v).view(B, T, self.kv_heads, self.head_dim)
+        q = F.linear(x, self.w("q")).view(B, T, self.heads, self.head_dim)
+        k = F.linear(x, self.w("k")).view(B, T, self.kv_heads, self.head_dim)
+        v = F.linear(x, self.w("v")).view(B, T, self.kv_heads, self.head_dim)
         q = unit(rope(q, cos, sin)) * (self.q_gain * self.scale).to(q.dtype).view(self.heads, self.head_dim)
         k = unit(rope(k, cos, sin))
-        y = attention(q, k, v, self.head_dim ** 0.5).reshape(B, T, -1) @ self.o
+        y = attention(q, k, v, self.head_dim ** 0.5).reshape(B, T, -1) @ self.w("o")
         x = unit(x + self.alpha_attn.abs() * (self.alpha_init * self.scale) * (unit(y) - x))
-        y = F.relu(F.linear(x, self.up) * self.mlp_gain.to(x.dtype)).square() @ self.down
+        y = self.mlp_hidden(x) @ self.w("down")
         return unit(x + self.alpha_mlp.abs() * (self.alpha_init * self.scale) * (unit(y) - x))
 
 
@@ -342,7 +385,7 @@ class GPT(nn.Module):
     def __init__(self, h):
         super().__init__()
         self.emb = nn.Embedding(h.vocab_size, h.model_dim)
-        nn.init.normal_(self.emb.weight, std=h.model_dim ** -0.5)
+        nn.init.normal_(self.emb.weight, std=h.embed_init_std)
         self.blocks = nn.ModuleList(Block(h) for _ in range(h.num_layers))
         self.logit_scale = nn.Parameter(torch.ones(()))
         self.logit_init = h.model_dim ** 0.5
@@ -355,8 +398,11 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def renorm_(self):
-        for p in self.matrices():
-            p.div_(p.norm(dim=-1, keepdim=True))
+        """Every block matrix row back to unit norm: one norm over all rows at once (they share the model dim), one
+        foreach divide."""
+        mats = self.matrices()
+        norms = torch.cat([p.view(-1, p.size(-1)) for p in mats]).norm(dim=-1, keepdim=True)
+        torch._foreach_div_(mats, list(norms.split([p.size(0) for p in mats])))
 
     def forward(self, idx, targets, reduction: str = "mean"):
         T = idx.size(1)
@@ -455,9 +501,9 @@ def fail(message: str, log=None) -> None:
     sys.exit(1)
 
 
-def main():
-    code = open(__file__, encoding="utf-8").read()
-    rank, world, local_rank = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+def read_inputs(world: int):
+    """Settings, tokenizer, training shards and validation tokens, checked before any work (identically on every
+    rank, so every rank stops with the same one-line reason)."""
     try:
         h = load_hparams()
         check_config(h, world)
@@ -468,166 +514,225 @@ def main():
         val_tokens = load_tokens(os.path.join(h.data_path, "fineweb_val_*.bin"), h.vocab_size)
     except (ValueError, OSError, RuntimeError) as e:
         fail(str(e))
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    if world > 1:
-        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
-    accum = 8 // world
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
+    return h, sp, train_files, val_tokens
 
-    logfile = None
-    if rank == 0:
-        os.makedirs("logs", exist_ok=True)
-        logfile = open(f"logs/{h.run_id}.txt", "w", encoding="utf-8")
-        logfile.write(code + "\n" + "=" * 100 + "\n")
 
-    def log(msg: str) -> None:
+class Run:
+    """This rank's share of a run: device, process group, log (rank 0 writes logs/<RUN_ID>.txt), model, optimizers,
+    the training step and the evaluation."""
+
+    def __init__(self, h, sp, val_tokens, code: str, rank: int, world: int, local_rank: int):
+        self.h, self.code, self.rank, self.world, self.accum = h, code, rank, world, 8 // world
+        self.cuda = cuda = torch.cuda.is_available()
+        self.device = device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(device)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        if world > 1:
+            dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
+        self.logfile = None
         if rank == 0:
-            print(msg, flush=True)
-            logfile.write(msg + "\n")
-            logfile.flush()
+            os.makedirs("logs", exist_ok=True)
+            self.logfile = open(f"logs/{h.run_id}.txt", "w", encoding="utf-8")
+        self.log(code + "\n" + "=" * 100, echo=False)
+        self.log(f"run_id:{h.run_id}")
+        self.log(f"python:{sys.version.split()[0]} torch:{torch.__version__}")
+        self.log(f"hardware:{world}x {torch.cuda.get_device_name(device) if cuda else 'cpu'}")
+        self.log(f"world_size:{world} grad_accum_steps:{self.accum} flash_attn_3:{flash_attn_func is not None and cuda}")
+        for name in HPARAMS:
+            self.log(f"hparam {name}={getattr(h, name.lower())}")
+        self.log(f"code_bytes:{len(code.encode('utf-8'))}")
 
-    log(f"run_id:{h.run_id}")
-    log(f"python:{sys.version.split()[0]} torch:{torch.__version__}")
-    log(f"hardware:{world}x {torch.cuda.get_device_name(device) if cuda else 'cpu'}")
-    log(f"world_size:{world} grad_accum_steps:{accum} flash_attn_3:{flash_attn_func is not None and cuda}")
-    for name in HPARAMS:
-        log(f"hparam {name}={getattr(h, name.lower())}")
-    log(f"code_bytes:{len(code.encode('utf-8'))}")
+        torch.manual_seed(h.seed)
+        self.model = GPT(h).to(device)
+        self.log(f"model_params:{sum(p.numel() for p in self.model.parameters())}")
+        self.compiled = torch.compile(self.model, dynamic=False, fullgraph=True) if cuda and h.compile else self.model
+        # the RoPE tables are the only buffers, identical on every rank: no broadcast per forward
+        self.trainer = DDP(self.compiled, device_ids=[local_rank] if cuda else None,
+                           broadcast_buffers=False) if world > 1 else self.compiled
+        self.optimizers = make_optimizers(self.model, h)
+        self.val_tokens, self.luts = val_tokens.to(device), byte_luts(sp, h.vocab_size, device)
+        self.val_seqs = max(1, h.val_batch_size // (world * h.train_seq_len))
 
-    torch.manual_seed(h.seed)
-    model = GPT(h).to(device)
-    log(f"model_params:{sum(p.numel() for p in model.parameters())}")
-    compiled = torch.compile(model, dynamic=False, fullgraph=True) if cuda and h.compile else model
-    trainer = DDP(compiled, device_ids=[local_rank] if cuda else None) if world > 1 else compiled
-    optimizers = make_optimizers(model, h)
-    val_tokens = val_tokens.to(device)
-    luts = byte_luts(sp, h.vocab_size, device)
-    seqs = h.train_batch_tokens // (8 * h.train_seq_len)
-    cap_ms = 1000 * h.max_wallclock_seconds
+    def log(self, msg: str, echo: bool = True) -> None:
+        if self.rank == 0:
+            if echo:
+                print(msg, flush=True)
+            self.logfile.write(msg + "\n")
+            self.logfile.flush()
 
-    def nll_fn(x, y):
-        with torch.inference_mode(), autocast:
-            return compiled(x, y, reduction="none")
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
 
-    def val(stride, batch_seqs, seq_len=h.eval_seq_len):
-        return evaluate(nll_fn, val_tokens, luts, seq_len, stride, batch_seqs)
+    def val(self, stride: int, batch_seqs: int, seq_len: int) -> tuple[float, float]:
+        def nll_fn(x, y):
+            with torch.inference_mode(), self.autocast:
+                return self.compiled(x, y, reduction="none")
+        return evaluate(nll_fn, self.val_tokens, self.luts, seq_len, stride, batch_seqs)
 
-    def train_step(stream, lr_mul):
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(accum):
-            x, y = stream.batch(seqs, h.train_seq_len, rank, world, device)
-            if world > 1:
-                trainer.require_backward_grad_sync = micro == accum - 1
-            with autocast:
-                loss = trainer(x, y)
-            (loss / accum).backward()
-            loss_sum += loss.detach() / accum
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = group["base_lr"] * lr_mul
+    def val_plain(self) -> tuple[float, float]:
+        """Non-overlapping windows of TRAIN_SEQ_LEN: the periodic validation and the quantization gap."""
+        return self.val(self.h.train_seq_len, self.val_seqs, self.h.train_seq_len)
+
+    def train_step(self, stream: TokenStream, step: int, lr_mul: float, ema=None) -> torch.Tensor:
+        h, model = self.h, self.model
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.accum):
+            x, y = stream.batch(h.train_batch_tokens // (8 * h.train_seq_len), h.train_seq_len, self.rank, self.world,
+                                self.device)
+            if self.world > 1:
+                self.trainer.require_backward_grad_sync = micro == self.accum - 1
+            with self.autocast:
+                loss = self.trainer(x, y)
+            (loss / self.accum).backward()
+            loss_sum += loss.detach() / self.accum
+        set_schedule(self.optimizers, h, step, lr_mul)
+        for opt in self.optimizers:
             opt.step()
             opt.zero_grad(set_to_none=True)
-        model.renorm_()
+        if h.sphere_opt == "retract":
+            model.renorm_()
+        if ema is not None:
+            torch._foreach_lerp_(ema, list(model.parameters()), 1 - h.ema_decay)
         return loss_sum
 
-    def lr_mul(step, elapsed_ms):
+    def lr_mul(self, step: int, elapsed_ms: float) -> float:
+        """1, then a linear warm-down to 0 over the last WARMDOWN_ITERS steps (estimated from the step time when the
+        wall clock is capped)."""
+        h, cap_ms = self.h, 1000 * self.h.max_wallclock_seconds
         if h.warmdown_iters <= 0:
             return 1.0
         if cap_ms <= 0:
             return min(1.0, max(h.iterations - step, 0) / h.warmdown_iters)
         return min(1.0, max(cap_ms - elapsed_ms, 0.0) / max(h.warmdown_iters * elapsed_ms / max(step, 1), 1e-9))
 
-    try:
-        if h.warmup_steps > 0:  # compile and warm up, then restore the initial weights and optimizer state
-            initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in optimizers]
-            stream = TokenStream(train_files, h.vocab_size)
-            for _ in range(h.warmup_steps):
-                train_step(stream, 1.0)
-            model.load_state_dict(initial[0])
-            for opt, state in zip(optimizers, initial[1]):
-                opt.load_state_dict(state)
-            log(f"warmup_steps:{h.warmup_steps} done, weights and optimizer state restored")
-        stream = TokenStream(train_files, h.vocab_size)
-        train_ms, step, stop, val_bpb = 0.0, 0, False, float("nan")
-        val_seqs = max(1, h.val_batch_size // (world * h.train_seq_len))
-        sync()
+    def warm_up(self, train_files: list[str]) -> None:
+        """Compile and warm up on WARMUP_STEPS steps, then restore the initial weights and optimizer state."""
+        h, model = self.h, self.model
+        initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in self.optimizers]
+        stream = TokenStream(train_files, h.vocab_size, pin=self.cuda)
+        for step in range(h.warmup_steps):
+            self.train_step(stream, step, 1.0)
+        model.load_state_dict(initial[0])
+        for opt, state in zip(self.optimizers, initial[1]):
+            opt.load_state_dict(state)
+        self.log(f"warmup_steps:{h.warmup_steps} done, weights and optimizer state restored")
+
+    def train(self, train_files: list[str]) -> tuple[float, float]:
+        """Train until ITERATIONS or the wall clock; returns the final (val_loss, val_bpb) of the weights to export."""
+        h, model = self.h, self.model
+        stream = TokenStream(train_files, h.vocab_size, pin=self.cuda)
+        ema = [p.detach().clone() for p in model.parameters()] if h.ema_decay > 0 else None
+        cap_ms = 1000 * h.max_wallclock_seconds
+        train_ms, step, stop = 0.0, 0, False
+        self.sync()
         t0 = time.perf_counter()
         while True:
             last = step == h.iterations or stop
+            if last and ema is not None:  # the average of the weights is what gets exported and scored
+                with torch.no_grad():
+                    torch._foreach_copy_(list(model.parameters()), ema)
+                model.renorm_()
+                self.log(f"ema: weights replaced by their exponential average (EMA_DECAY={h.ema_decay}), rows renormalized")
             if last or (h.val_loss_every > 0 and step > 0 and step % h.val_loss_every == 0):
-                sync()
+                self.sync()
                 train_ms += 1000 * (time.perf_counter() - t0)
-                val_loss, val_bpb = val(h.train_seq_len, val_seqs, h.train_seq_len)
-                log(f"step:{step}/{h.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
-                    f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
-                sync()
+                val_loss, val_bpb = self.val_plain()
+                self.log(f"step:{step}/{h.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
+                         f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
+                self.sync()
                 t0 = time.perf_counter()
             if last:
-                break
-            loss = train_step(stream, lr_mul(step, train_ms + 1000 * (time.perf_counter() - t0)))
+                return val_loss, val_bpb
+            loss = self.train_step(stream, step, self.lr_mul(step, train_ms + 1000 * (time.perf_counter() - t0)), ema)
             step += 1
-            sync()
+            self.sync()
             elapsed = train_ms + 1000 * (time.perf_counter() - t0)
-            stats = torch.stack([loss, torch.tensor(float(cap_ms > 0 and elapsed + 2 * elapsed / step >= cap_ms), device=device)])
-            if world > 1:
+            over_next = cap_ms > 0 and elapsed + 2 * elapsed / step >= cap_ms  # agreed by all ranks with the loss
+            stats = torch.stack([loss, torch.tensor(float(over_next), device=self.device)])
+            if self.world > 1:
                 dist.all_reduce(stats)
-            train_loss, stop = stats[0].item() / world, stats[1].item() > 0
+            train_loss, stop = stats[0].item() / self.world, stats[1].item() > 0
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"train_loss is {train_loss} at step {step}: training diverged (lower the learning rates)")
             if step <= 10 or step % h.train_log_every == 0 or stop or step == h.iterations:
-                log(f"step:{step}/{h.iterations} train_loss:{train_loss:.4f} train_time:{elapsed:.0f}ms step_avg:{elapsed / step:.2f}ms")
+                self.log(f"step:{step}/{h.iterations} train_loss:{train_loss:.4f} train_time:{elapsed:.0f}ms step_avg:{elapsed / step:.2f}ms")
             if stop:
-                log(f"stopping_early: wallclock_cap train_time:{elapsed:.0f}ms step:{step}/{h.iterations}")
-    except (ValueError, FloatingPointError) as e:
-        fail(str(e), log)
-    t_end = time.perf_counter()
-    if cuda:
-        log(f"peak_memory allocated:{torch.cuda.max_memory_allocated() // 2**20}MiB reserved:{torch.cuda.max_memory_reserved() // 2**20}MiB")
-    else:
-        import resource
-        log(f"peak_memory maxrss:{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}MiB")
-    log(f"pre_quant val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f}")
+                self.log(f"stopping_early: wallclock_cap train_time:{elapsed:.0f}ms step:{step}/{h.iterations}")
 
-    path, code_bytes = "final_model.ptz", len(code.encode("utf-8"))
-    if rank == 0:
-        bits = write_artifact(model, path, h, SIZE_LIMIT - code_bytes)
-        log("export bits " + " ".join(f"{k}:{b}" for k, b in bits.items()) + f" embed:{h.embed_bits}"
-            + (f" (lowered from QUANT_BITS={h.quant_bits} to fit the limit)" if min(bits.values()) < h.quant_bits else ""))
-    if world > 1:
-        dist.barrier()
-    model_bytes = os.path.getsize(path)
-    total = code_bytes + model_bytes
-    log(f"submission_bytes code:{code_bytes} model:{model_bytes} total:{total} limit:{SIZE_LIMIT}")
-    over = total > SIZE_LIMIT
-    if over:
-        log(f"error: ARTIFACT TOO LARGE: {total} bytes is {total - SIZE_LIMIT} over the {SIZE_LIMIT}-byte limit; this run cannot be submitted")
-    with torch.no_grad():  # the score comes from the file alone: poison every weight, then load all of them from it
-        for p in model.parameters():
-            p.fill_(float("nan"))
+    def log_peak_memory(self) -> None:
+        if self.cuda:
+            self.log(f"peak_memory allocated:{torch.cuda.max_memory_allocated() // 2**20}MiB "
+                     f"reserved:{torch.cuda.max_memory_reserved() // 2**20}MiB")
+        else:
+            import resource
+            self.log(f"peak_memory maxrss:{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}MiB")
+
+    def export(self, path: str) -> int:
+        """Rank 0 writes the artifact; every rank returns code + model bytes."""
+        h, code_bytes = self.h, len(self.code.encode("utf-8"))
+        if self.rank == 0:
+            bits = write_artifact(self.model, path, h, SIZE_LIMIT - code_bytes)
+            self.log("export bits " + " ".join(f"{k}:{b}" for k, b in bits.items()) + f" embed:{h.embed_bits}"
+                     + (f" (lowered from QUANT_BITS={h.quant_bits} to fit the limit)" if min(bits.values()) < h.quant_bits else ""))
+        if self.world > 1:
+            dist.barrier()
+        model_bytes = os.path.getsize(path)
+        total = code_bytes + model_bytes
+        self.log(f"submission_bytes code:{code_bytes} model:{model_bytes} total:{total} limit:{SIZE_LIMIT}")
+        if total > SIZE_LIMIT:
+            self.log(f"error: ARTIFACT TOO LARGE: {total} bytes is {total - SIZE_LIMIT} over the {SIZE_LIMIT}-byte limit; "
+                     "this run cannot be submitted")
+        return total
+
+    def score(self, path: str, pre_bpb: float, t_end: float) -> None:
+        """The score comes from the file alone: poison every weight, load all of them from it, then evaluate."""
+        h = self.h
+        with torch.no_grad():
+            for p in self.model.parameters():
+                p.fill_(float("nan"))
+        try:
+            self.model.load_state_dict(load_artifact(path), strict=True)
+        except (ValueError, RuntimeError) as e:
+            fail(str(e), self.log)
+        q_loss, q_bpb = self.val_plain()
+        self.log(f"final_roundtrip_plain val_loss:{q_loss:.4f} val_bpb:{q_bpb:.4f}")
+        self.log(f"quant_gap_bpb:{q_bpb - pre_bpb:.4f}")
+        self.sync()
+        t0 = time.perf_counter()
+        s_loss, s_bpb = self.val(h.eval_stride, h.eval_batch_seqs, h.eval_seq_len)
+        self.sync()
+        self.log(f"final_roundtrip val_loss:{s_loss:.4f} val_bpb:{s_bpb:.4f} eval_time:{1000 * (time.perf_counter() - t0):.0f}ms")
+        self.log(f"final_roundtrip_exact val_loss:{s_loss:.8f} val_bpb:{s_bpb:.8f}")
+        self.log(f"eval_phase_time:{1000 * (time.perf_counter() - t_end):.0f}ms")
+
+    def close(self) -> None:
+        if self.world > 1:
+            del self.trainer  # DDP's reducer must not drop the last reference to the gloo group: it would do so holding the GIL
+            dist.destroy_process_group()
+
+
+def main():
+    code = open(__file__, encoding="utf-8").read()
+    rank, world, local_rank = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+    h, sp, train_files, val_tokens = read_inputs(world)
+    run = Run(h, sp, val_tokens, code, rank, world, local_rank)
     try:
-        model.load_state_dict(load_artifact(path), strict=True)
-    except (ValueError, RuntimeError) as e:
-        fail(str(e), log)
-    q_loss, q_bpb = val(h.train_seq_len, val_seqs, h.train_seq_len)
-    log(f"final_roundtrip_plain val_loss:{q_loss:.4f} val_bpb:{q_bpb:.4f}")
-    log(f"quant_gap_bpb:{q_bpb - val_bpb:.4f}")
-    sync()
-    t0 = time.perf_counter()
-    s_loss, s_bpb = val(h.eval_stride, h.eval_batch_seqs)
-    sync()
-    log(f"final_roundtrip val_loss:{s_loss:.4f} val_bpb:{s_bpb:.4f} eval_time:{1000 * (time.perf_counter() - t0):.0f}ms")
-    log(f"final_roundtrip_exact val_loss:{s_loss:.8f} val_bpb:{s_bpb:.8f}")
-    log(f"eval_phase_time:{1000 * (time.perf_counter() - t_end):.0f}ms")
-    if world > 1:
-        del trainer  # DDP's reducer must not drop the last reference to the gloo group: it would do so holding the GIL
-        dist.destroy_process_group()
-    if over:
-        fail(f"artifact is {total} bytes, over the {SIZE_LIMIT}-byte limit", log)
+        if h.warmup_steps > 0:
+            run.warm_up(train_files)
+        val_loss, val_bpb = run.train(train_files)
+    except (ValueError, FloatingPointError) as e:
+        fail(str(e), run.log)
+    t_end = time.perf_counter()
+    run.log_peak_memory()
+    run.log(f"pre_quant val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f}")
+    total = run.export("final_model.ptz")
+    run.score("final_model.ptz", val_bpb, t_end)
+    run.close()
+    if total > SIZE_LIMIT:
+        fail(f"artifact is {total} bytes, over the {SIZE_LIMIT}-byte limit", run.log)
 
 
 if __name__ == "__main__":

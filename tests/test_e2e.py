@@ -71,6 +71,9 @@ CASES = {
     "diverged": ({"EMBED_LR": "1e30"}, 2, "training diverged"),
 }
 DETERMINISM = {"same_seed_a": ({"SEED": "7"}, 1, None), "same_seed_b": ({"SEED": "7"}, 1, None)}
+# every recipe option away from its default at once, on 2 ranks
+OPTIONS = {"options": ({"SPHERE_OPT": "wn", "MUON_WD": "0.04", "EMA_DECAY": "0.9", "LEAKY_SLOPE": "0.5",
+                        "MUON_MOMENTUM_WARMUP_STEPS": "5", "QK_GAIN_INIT": "5", "ROPE_DIMS": "8"}, 2, None)}
 
 
 def free_port():
@@ -95,7 +98,7 @@ def launch(script, cwd, env, ranks):
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory, tiny_shards, tiny_run_env):
-    """Every case of CASES and DETERMINISM started at once (10 iterations), waited for up to 120 s in all:
+    """Every case of CASES, DETERMINISM and OPTIONS started at once (10 iterations), waited for up to 120 s in all:
     name -> codes (None: killed at the deadline), out and err per rank, cwd, seconds."""
     work = tmp_path_factory.mktemp("e2e")
     script = shutil.copy(ROOT / "train_gpt.py", work / "train_gpt.py")
@@ -108,7 +111,7 @@ def launched(tmp_path_factory, tiny_shards, tiny_run_env):
     val.write_bytes(val.read_bytes()[:-1000])
     base = {**tiny_run_env, "ITERATIONS": "10", "VAL_LOSS_EVERY": "0", "EVAL_STRIDE": "64"}
     t0, running = time.monotonic(), {}
-    for name, (env, ranks, _) in {**CASES, **DETERMINISM}.items():
+    for name, (env, ranks, _) in {**CASES, **DETERMINISM, **OPTIONS}.items():
         env = {**base, "RUN_ID": name, **({"DATA_PATH": str(data[name])} if name in data else {}), **env}
         running[name] = launch(script, work / name, env, ranks)
     results = {}
@@ -131,7 +134,7 @@ def launched(tmp_path_factory, tiny_shards, tiny_run_env):
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_stops_every_rank_with_its_reason(case, launched):
     run, (_, ranks, message) = launched[case], CASES[case]
-    print(f"{case}: exit codes {run.codes} after {run.seconds:.1f}s ({len(CASES) + len(DETERMINISM)} cases at once)")
+    print(f"{case}: exit codes {run.codes} after {run.seconds:.1f}s ({len(launched)} cases at once)")
     assert len(run.codes) == ranks and all(code not in (0, None) for code in run.codes)
     for rank, err in enumerate(run.err):
         errors = [line for line in err.splitlines() if line.startswith(f"rank {rank}: error:")]
@@ -150,3 +153,13 @@ def test_same_seed_same_losses(launched):
     lines = [re.findall(r"(?m)^step:\d+/10 train_loss:\S+|^final_roundtrip_exact .*$", run.out[0]) for run in (a, b)]
     print("\n".join(lines[0]))
     assert len(lines[0]) == 11 and lines[0] == lines[1]
+
+
+def test_every_recipe_option_runs_on_two_ranks(launched):
+    run = launched["options"]
+    assert run.codes == [0, 0], run.err[0][-3000:] + run.err[1][-3000:]
+    log = (run.cwd / "logs" / "options.txt").read_text()
+    for line in ("hparam SPHERE_OPT=wn", "hparam EMA_DECAY=0.9", "ema: weights replaced by their exponential average"):
+        assert line in log, line
+    final = re.search(r"(?m)^final_roundtrip_exact val_loss:\S+ val_bpb:(\S+)$", log)
+    assert final and math.isfinite(float(final.group(1))) and not re.search(r"(?m)^error:", log)
