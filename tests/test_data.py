@@ -155,7 +155,7 @@ def test_build_refuses_to_overwrite(tmp_path, tiny_corpus_dir, tokenizer_path):
     assert sorted(p.name for p in out.iterdir()) == ["fineweb_train_000000.bin", "fineweb_val_000000.bin"]
 
 
-@pytest.mark.parametrize("command", [[], ["download"], ["build"]])
+@pytest.mark.parametrize("command", [[], ["download"], ["build"], ["head"]])
 def test_help_exits_zero(command):
     result = run_cli(*command, "--help")
     assert result.returncode == 0 and "usage: data.py" in result.stdout
@@ -332,3 +332,21 @@ def test_download_fails_fast_when_hub_unreachable(tmp_path, offline_env):
     assert time.time() - start < 15
     assert_one_line_error(result, "could not reach the Hugging Face hub")
     assert not list(out.rglob("*.bin"))
+
+
+def test_head_takes_the_first_tokens_across_shards(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    val, train = np.arange(100, dtype=np.uint16), np.arange(1000, 1300, dtype=np.uint16)
+    data.write_shard(src / "fineweb_val_000000.bin", val)
+    data.write_shard(src / "fineweb_train_000000.bin", train[:120])
+    data.write_shard(src / "fineweb_train_000001.bin", train[120:])
+    out = tmp_path / "out"
+    r = run_cli("head", "--data", src, "--val-tokens", 40, "--train-tokens", 200, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(data.read_shard(out / "fineweb_val_000000.bin"), val[:40])
+    assert np.array_equal(data.read_shard(out / "fineweb_train_000000.bin"), train[:200])  # 120 + 80 of the second
+    again = run_cli("head", "--data", src, "--val-tokens", 4, "--train-tokens", 4, "--out", out)
+    assert again.returncode == 1 and again.stderr.count("\n") == 1 and "is not empty" in again.stderr
+    short = run_cli("head", "--data", src, "--val-tokens", 40, "--train-tokens", 301, "--out", tmp_path / "short")
+    assert short.returncode == 1 and "only 300 train tokens" in short.stderr and not (tmp_path / "short").exists()

@@ -99,6 +99,35 @@ def _write_split(token_lists, out_dir, split, shard_tokens):
     return paths
 
 
+def head(src, out_dir, val_tokens, train_tokens, log=say):
+    """The first val_tokens / train_tokens tokens of src's val / train shards (in shard order), each written as one
+    shard into the new directory out_dir: a small fixed data set for quick A/Bs. Returns the two paths."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise DataError(f"{out_dir} exists and is not empty; nothing was written")
+    chosen = {}
+    for split, n in (("val", val_tokens), ("train", train_tokens)):
+        files = sorted(Path(src).glob(f"fineweb_{split}_*.bin"))
+        if not files:
+            raise DataError(f"no fineweb_{split}_*.bin shards in {src}")
+        parts, have = [], 0
+        for f in files:
+            if have >= n:
+                break
+            parts.append(read_shard(f)[:n - have])
+            have += parts[-1].size
+        if have < n:
+            raise DataError(f"{src} holds only {have} {split} tokens, fewer than the {n} asked for; nothing was written")
+        chosen[split] = np.concatenate(parts)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for split, tokens in chosen.items():
+        paths.append(out_dir / f"fineweb_{split}_000000.bin")
+        write_shard(paths[-1], tokens)
+        log(f"{paths[-1]}: the first {tokens.size} {split} tokens of {src}")
+    return paths
+
+
 # ---------------------------------------------------------------- tokenizer
 
 def load_tokenizer(path):
@@ -378,6 +407,14 @@ def _parser():
     b.add_argument("--shard-tokens", type=int, default=10**8, metavar="N", help="tokens per shard (default: %(default)s)")
     b.add_argument("--max-docs", type=int, metavar="N", help="use at most N documents")
     b.add_argument("--force", action="store_true", help="replace existing shards in OUT")
+    hd = sub.add_parser("head", help="the first N val and train tokens of a data set, as a small data set for A/Bs",
+                        description="Write the first --val-tokens validation and --train-tokens training tokens of "
+                        "the shards in --data (in shard order) as OUT/fineweb_val_000000.bin and "
+                        "OUT/fineweb_train_000000.bin. OUT must be new or empty.")
+    hd.add_argument("--data", required=True, metavar="DIR", help="folder with fineweb_val_*.bin and fineweb_train_*.bin")
+    hd.add_argument("--val-tokens", required=True, type=int, metavar="N")
+    hd.add_argument("--train-tokens", required=True, type=int, metavar="N")
+    hd.add_argument("--out", required=True, metavar="DIR")
     return p
 
 
@@ -389,6 +426,11 @@ def main(argv=None):
             if args.train_shards < 0:
                 raise DataError("--train-shards must be >= 0")
             download(args.variant, args.train_shards, args.out, args.repo_id, args.endpoint)
+            return 0
+        if args.command == "head":
+            if min(args.val_tokens, args.train_tokens) < 2:
+                raise DataError("--val-tokens and --train-tokens must be >= 2")
+            head(args.data, args.out, args.val_tokens, args.train_tokens)
             return 0
         if min(args.val_docs, args.shard_tokens) < 1 or (args.max_docs or 2) < 2 or not 0 < args.vocab_size <= 0x10000:
             raise DataError("need --val-docs >= 1, --shard-tokens >= 1, --max-docs >= 2, --vocab-size <= 65536")
