@@ -123,9 +123,14 @@ def bench_train(args, h, device) -> dict:
         torch.manual_seed(h.seed)
         models[name] = cls(h).to(device)
         steps[name] = train_step_fn(models[name], h, device, args.batch_tokens, args.compile)
+    warmup_s = {}
     for name, step in steps.items():  # compile + warm-up, excluded from the timings
+        t0 = time.perf_counter()
         for _ in range(args.warmup):
             step()
+        if cuda:
+            torch.cuda.synchronize()
+        warmup_s[name] = time.perf_counter() - t0
     times = {name: [] for name in steps}
     for r in range(args.rounds):  # interleaved: A then B, each round, so drift hits both
         n = args.steps // args.rounds + (r < args.steps % args.rounds)
@@ -139,6 +144,7 @@ def bench_train(args, h, device) -> dict:
         tok_s = args.batch_tokens / (med / 1000)
         out[name] = dict(ms_median=med, ms_q1=q1, ms_q3=q3, ms_iqr=q3 - q1, tokens_per_s=tok_s,
                          params=sum(p.numel() for p in models[name].parameters()), final_loss=step().item(),
+                         warmup_s=warmup_s[name],  # the --warmup steps, torch.compile included when on
                          mfu=flops_per_token * tok_s / (args.peak_tflops * 1e12) if cuda else None)
         mfu = f"{100 * out[name]['mfu']:.1f}% of {args.peak_tflops:g} TFLOP/s" if cuda else "n/a on CPU"
         print(f"{name:>8}: {med:9.2f} ms/step (IQR {q1:.2f}-{q3:.2f}), {tok_s:,.0f} tokens/s, {out[name]['params']:,} params, "
@@ -163,17 +169,20 @@ def bench_eval(args, h, device) -> dict:
     no = torch.zeros(h.vocab_size, dtype=torch.bool, device=device)
     luts = (torch.ones(h.vocab_size, dtype=torch.int64, device=device), no, no)  # every token 1 byte: only timing matters
     run = lambda t: train_gpt.evaluate(nll_fn, t, luts, h.eval_seq_len, h.eval_stride, h.eval_batch_seqs)  # noqa: E731
+    t_warmup = time.perf_counter()
     for _ in range(args.warmup):  # two full-shape batches: compiles the one shape the timed pass uses
         run(tokens[:h.eval_seq_len + h.eval_stride * h.eval_batch_seqs + 1])
     if cuda:
         torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - t_warmup  # the --warmup passes, torch.compile included when on
     t0 = time.perf_counter()
     loss, _ = run(tokens)  # ends in .item(): synchronized
     seconds = time.perf_counter() - t0
     tok_s = args.eval_tokens / seconds
     projected = VAL_TOKENS / (tok_s * args.gpus)
-    out = dict(eval_tokens=args.eval_tokens, seconds=seconds, tokens_per_s=tok_s, val_loss=loss, val_tokens=VAL_TOKENS,
-               gpus=args.gpus, projected_s=projected, under_300s=projected < 300, under_600s=projected < 600,
+    out = dict(eval_tokens=args.eval_tokens, seconds=seconds, warmup_s=warmup_s, tokens_per_s=tok_s, val_loss=loss,
+               val_tokens=VAL_TOKENS, gpus=args.gpus, projected_s=projected, under_300s=projected < 300,
+               under_600s=projected < 600,
                projection="linear in tokens and in GPUs (windows split evenly across ranks, no communication cost)")
     print(f"eval: {args.eval_tokens:,} tokens scored in {seconds:.2f} s = {tok_s:,.0f} tokens/s "
           f"(EVAL_SEQ_LEN={h.eval_seq_len} EVAL_STRIDE={h.eval_stride} EVAL_BATCH_SEQS={h.eval_batch_seqs})")
