@@ -37,12 +37,13 @@ except ImportError:
 HPARAMS = dict(
     DATA_PATH="./data/datasets/fineweb10B_sp1024", TOKENIZER_PATH="./data/tokenizers/fineweb_1024_bpe.model",
     VOCAB_SIZE=1024, RUN_ID="", SEED=1337,
-    ITERATIONS=20000, WARMUP_STEPS=20, WARMDOWN_ITERS=1200, MAX_WALLCLOCK_SECONDS=600.0,
+    ITERATIONS=20000, WARMUP_STEPS=20, WARMDOWN_ITERS=4000, MAX_WALLCLOCK_SECONDS=600.0,
     TRAIN_BATCH_TOKENS=786432, TRAIN_SEQ_LEN=2048, TRAIN_LOG_EVERY=200, VAL_LOSS_EVERY=1000, VAL_BATCH_SIZE=524288,
     NUM_LAYERS=12, MODEL_DIM=512, NUM_HEADS=8, NUM_KV_HEADS=4, MLP_MULT=3, ROPE_DIMS=0, ROPE_BASE=10000.0,
-    EMBED_INIT_STD=0.005, QK_GAIN_INIT=1.0, LEAKY_SLOPE=0.0, ALPHA_INIT=0.05,
+    EMBED_INIT_STD=0.005, QK_GAIN_INIT=1.0, LEAKY_SLOPE=0.5, ALPHA_INIT=0.05,
     MATRIX_LR=0.04, SCALAR_LR=0.01, EMBED_LR=0.05, SPHERE_OPT="retract", MUON_WD=0.0, MUON_MOMENTUM=0.95,
-    MUON_MOMENTUM_WARMUP_START=0.85, MUON_MOMENTUM_WARMUP_STEPS=0, MUON_STEPS=5, BETA1=0.9, BETA2=0.95, EMA_DECAY=0.0, EVAL_SEQ_LEN=0, EVAL_STRIDE=64, EVAL_BATCH_SEQS=32,
+    MUON_MOMENTUM_WARMUP_START=0.85, MUON_MOMENTUM_WARMUP_STEPS=1500, MUON_STEPS=5, BETA1=0.9, BETA2=0.95,
+    EMA_DECAY=0.0, EVAL_SEQ_LEN=0, EVAL_STRIDE=64, EVAL_BATCH_SEQS=32,
     QUANT_BITS=6, EMBED_BITS=8, ZSTD_LEVEL=3, COMPILE=1,
 )
 SIZE_LIMIT = 16_000_000
@@ -78,8 +79,7 @@ def check_config(h, world: int) -> None:
         (not 0 < h.vocab_size <= 65536, f"VOCAB_SIZE={h.vocab_size} must be in 1..65536 (uint16 tokens)"),
         (min(h.num_layers, h.mlp_mult, h.iterations, h.eval_batch_seqs) < 1, "NUM_LAYERS, MLP_MULT, ITERATIONS, EVAL_BATCH_SEQS must be >= 1"),
         (h.sphere_opt not in ("retract", "wn"), f"SPHERE_OPT={h.sphere_opt!r} must be 'retract' or 'wn'"),
-        (h.muon_wd < 0 or (h.muon_wd > 0 and h.sphere_opt != "wn"), f"MUON_WD={h.muon_wd} must be >= 0, and it only acts "
-         "with SPHERE_OPT=wn (retraction renormalizes the rows, which undoes any decay)"),
+        (h.muon_wd < 0, f"MUON_WD={h.muon_wd} must be >= 0"),
         (not 0 <= h.ema_decay < 1, f"EMA_DECAY={h.ema_decay} must be in [0, 1)"),
         (not 0 <= h.leaky_slope < 1, f"LEAKY_SLOPE={h.leaky_slope} must be in [0, 1)"),
         (h.embed_init_std <= 0 or h.muon_momentum_warmup_steps < 0, "EMBED_INIT_STD must be > 0, MUON_MOMENTUM_WARMUP_STEPS >= 0"),

@@ -112,7 +112,7 @@ def test_momentum_warms_up_linearly():
 
 @pytest.mark.parametrize("env, message", [
     ({"SPHERE_OPT": "riemann"}, "SPHERE_OPT='riemann' must be 'retract' or 'wn'"),
-    ({"MUON_WD": "0.04"}, "MUON_WD=0.04 must be >= 0, and it only acts with SPHERE_OPT=wn"),
+    ({"MUON_WD": "-0.04"}, "MUON_WD=-0.04 must be >= 0"),
     ({"EMA_DECAY": "1.0"}, r"EMA_DECAY=1.0 must be in \[0, 1\)"),
     ({"LEAKY_SLOPE": "-0.5"}, r"LEAKY_SLOPE=-0.5 must be in \[0, 1\)"),
 ])

@@ -78,13 +78,14 @@ class StandardGPT(nn.Module):
 
 
 def train_step_fn(model, h, device, batch_tokens: int, compile_: bool):
-    """A closure running one full training step (forward, backward, optimizer steps, nGPT's renorm_) on a fixed
-    synthetic batch; it returns the loss tensor (never read inside the step, so nothing syncs)."""
+    """A closure running one full training step (forward, backward, optimizer steps, nGPT's renorm_ when
+    SPHERE_OPT=retract, as train_gpt does) on a fixed synthetic batch; it returns the loss tensor (never read inside
+    the step, so nothing syncs)."""
     cuda = device.type == "cuda"
     run = torch.compile(model, dynamic=False, fullgraph=True) if compile_ else model
     opts = train_gpt.make_optimizers(model, h)
     x, y = torch.randint(h.vocab_size, (2, batch_tokens // h.train_seq_len, h.train_seq_len), device=device)
-    after = model.renorm_ if isinstance(model, train_gpt.GPT) else (lambda: None)
+    after = model.renorm_ if isinstance(model, train_gpt.GPT) and h.sphere_opt == "retract" else (lambda: None)
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):

@@ -57,6 +57,10 @@ RUN_ID = "gpu_check"
 INNER_ENV = "GPU_CHECK_RUNNING"  # set for the steps' processes: a test that would start gpu_check again skips itself
 MIN_STEP_S = 5.0  # a step with less time than this left is not started
 KILL_GRACE_S = 5.0
+# The schedule's defaults suit a ~5,000-step 8x H100 run. 300 s on one H100 is some 300 steps at the default shape
+# (PR #1108: 119 ms/step on 8 GPUs; one GPU accumulates 8 micro-batches), so the train step scales them to that
+# length (the fractions the CPU A/Bs measured); the same variables set in the environment win.
+SHORT_SCHEDULE = dict(WARMDOWN_ITERS="250", MUON_MOMENTUM_WARMUP_STEPS="90")
 
 # dry run: tiny CPU stand-ins (the shape of tests/test_bench.py and tests/conftest.py)
 TINY_SHAPE = dict(NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", TRAIN_SEQ_LEN="64",
@@ -65,7 +69,7 @@ TINY_BENCH = ["--device", "cpu", "--steps", "3", "--warmup", "1", "--batch-token
 TINY_BENCH_EVAL = ["--mode", "eval", "--device", "cpu", "--warmup", "1", "--eval-tokens", "1024"]
 TINY_TRAIN = dict(TINY_SHAPE, TRAIN_BATCH_TOKENS="4096", ITERATIONS="8", WARMUP_STEPS="1", WARMDOWN_ITERS="4",
                   VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="1", EVAL_STRIDE="32", EVAL_BATCH_SEQS="32",
-                  VAL_BATCH_SIZE="65536")
+                  VAL_BATCH_SIZE="65536", MUON_MOMENTUM_WARMUP_STEPS="4", EMA_DECAY="0.5")
 
 
 # ----------------------------------------------------------------------------------------------- steps
@@ -158,7 +162,8 @@ def plan(args) -> list[Step]:
     py, out = sys.executable, args.out
     train_dir = out / "train"
     log = train_dir / "logs" / f"{RUN_ID}.txt"
-    train_env = {"MAX_WALLCLOCK_SECONDS": f"{args.train_seconds:g}", "DATA_PATH": str(args.data),
+    train_env = {**{k: os.environ.get(k, v) for k, v in SHORT_SCHEDULE.items()},
+                 "MAX_WALLCLOCK_SECONDS": f"{args.train_seconds:g}", "DATA_PATH": str(args.data),
                  "TOKENIZER_PATH": str(args.tokenizer), "VOCAB_SIZE": str(args.vocab_size), "RUN_ID": RUN_ID}
     launcher = [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "train_gpt.py"]
     full = {
@@ -195,7 +200,7 @@ def plan(args) -> list[Step]:
                           {**one_thread, **TINY_SHAPE}, cap_s=args.step_cap_s,
                           would_run=shell_line(*full["bench_eval"])))
         steps.append(Step("train", titles["train"], launcher, train_dir,
-                          {**one_thread, "CUDA_VISIBLE_DEVICES": "", **TINY_TRAIN, **train_env},
+                          {**one_thread, "CUDA_VISIBLE_DEVICES": "", **train_env, **TINY_TRAIN},
                           markers=("model_params:", "warmup_steps:"), cap_s=args.step_cap_s, reserve_s=60.0,
                           would_run=shell_line(*full["train"])))
         steps.append(Step("check", titles["check"], check_cmd, ROOT, cap_s=args.check_reserve_s,
