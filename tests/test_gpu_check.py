@@ -254,12 +254,14 @@ def test_result_readers(tmp_path):
     assert gpu_check.pytest_result(path) == "1 failed, 1 deselected in 3.10s"
 
 
-def test_full_run_plan(tmp_path):
+def test_full_run_plan(tmp_path, monkeypatch):
     """The commands a full run executes: the issue's exact commands, the training cap shared with check.py, time kept
     for train and check while the first three steps share the rest of the budget."""
     args = SimpleNamespace(out=tmp_path / "out", data=tmp_path / "data", tokenizer=tmp_path / "tok.model",
                            vocab_size=1024, train_seconds=300.0, train_overhead_s=120.0, check_reserve_s=15.0,
                            step_cap_s=180.0, dry_run=False)
+    monkeypatch.delenv("WARMDOWN_ITERS", raising=False)
+    monkeypatch.setenv("MUON_MOMENTUM_WARMUP_STEPS", "77")  # the environment wins over the short-run schedule
     steps = gpu_check.plan(args)
     py_ = sys.executable
     assert [s.name for s in steps] == ["gpu_tests", "bench", "bench_eval", "train", "check"]
@@ -269,6 +271,7 @@ def test_full_run_plan(tmp_path):
     train, check = steps[3], steps[4]
     assert train.cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "train_gpt.py"]
     assert train.cwd == args.out / "train" and train.env == {
+        "WARMDOWN_ITERS": gpu_check.SHORT_SCHEDULE["WARMDOWN_ITERS"], "MUON_MOMENTUM_WARMUP_STEPS": "77",
         "MAX_WALLCLOCK_SECONDS": "300", "DATA_PATH": str(args.data), "TOKENIZER_PATH": str(args.tokenizer),
         "VOCAB_SIZE": "1024", "RUN_ID": "gpu_check"}
     assert train.reserve_s == train.cap_s == 420 and check.reserve_s == 15
