@@ -554,6 +554,7 @@ class Run:
         self.optimizers = make_optimizers(self.model, h)
         self.val_tokens, self.luts = val_tokens.to(device), byte_luts(sp, h.vocab_size, device)
         self.val_seqs = max(1, h.val_batch_size // (world * h.train_seq_len))
+        self.train_seqs = h.train_batch_tokens // (8 * h.train_seq_len)  # per micro-batch per rank
 
     def log(self, msg: str, echo: bool = True) -> None:
         if self.rank == 0:
@@ -580,8 +581,7 @@ class Run:
         h, model = self.h, self.model
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.accum):
-            x, y = stream.batch(h.train_batch_tokens // (8 * h.train_seq_len), h.train_seq_len, self.rank, self.world,
-                                self.device)
+            x, y = stream.batch(self.train_seqs, h.train_seq_len, self.rank, self.world, self.device)
             if self.world > 1:
                 self.trainer.require_backward_grad_sync = micro == self.accum - 1
             with self.autocast:
