@@ -1,14 +1,15 @@
 """nGPT (normalized Transformer) for the Parameter Golf challenge, in one file.
 
 torchrun --standalone --nproc_per_node=8 train_gpt.py   # also 1, 2, 4 GPUs, or plain python (CPU works too)
-Trains within MAX_WALLCLOCK_SECONDS, exports int-N + zstd to final_model.ptz, reloads it and scores sliding-window BPB.
+Trains within MAX_WALLCLOCK_SECONDS, exports GPTQ int8 + zstd filling 16 MB to final_model.ptz, reloads it and
+scores sliding-window BPB.
 Every hyperparameter is an environment variable (HPARAMS below); everything is logged to logs/<RUN_ID>.txt.
 """
 from __future__ import annotations
 
 import copy
 import glob
-import io
+import json
 import math
 import os
 import sys
@@ -39,14 +40,16 @@ HPARAMS = dict(
     VOCAB_SIZE=1024, RUN_ID="", SEED=1337,
     ITERATIONS=20000, WARMUP_STEPS=20, WARMDOWN_ITERS=4000, MAX_WALLCLOCK_SECONDS=600.0,
     TRAIN_BATCH_TOKENS=786432, TRAIN_SEQ_LEN=2048, TRAIN_LOG_EVERY=200, VAL_LOSS_EVERY=1000, VAL_BATCH_SIZE=524288,
-    NUM_LAYERS=12, MODEL_DIM=512, NUM_HEADS=8, NUM_KV_HEADS=4, MLP_MULT=3, ROPE_DIMS=0, ROPE_BASE=10000.0,
+    NUM_LAYERS=12, MODEL_DIM=512, NUM_HEADS=8, NUM_KV_HEADS=4, MLP_MULT=4.25, ROPE_DIMS=0, ROPE_BASE=10000.0,
     EMBED_INIT_STD=0.005, QK_GAIN_INIT=1.0, LEAKY_SLOPE=0.5, ALPHA_INIT=0.05,
     MATRIX_LR=0.04, SCALAR_LR=0.01, EMBED_LR=0.05, SPHERE_OPT="retract", MUON_WD=0.0, MUON_MOMENTUM=0.95,
     MUON_MOMENTUM_WARMUP_START=0.85, MUON_MOMENTUM_WARMUP_STEPS=1500, MUON_STEPS=5, BETA1=0.9, BETA2=0.95,
     EMA_DECAY=0.0, EVAL_SEQ_LEN=0, EVAL_STRIDE=64, EVAL_BATCH_SEQS=32,
-    QUANT_BITS=6, EMBED_BITS=8, ZSTD_LEVEL=3, COMPILE=1,
+    QUANT_METHOD="gptq", EMBED_STEP_RATIO=0.5, GPTQ_BATCHES=4, GPTQ_DAMP=0.01, GPTQ_RESERVE_SECONDS=8.0,
+    QUANT_BITS=6, EMBED_BITS=8, COMPILE=1,
 )
 SIZE_LIMIT = 16_000_000
+BUDGET_WINDOW = 0.005  # the export fills code + model to at least 99.5% of SIZE_LIMIT
 
 
 def load_hparams(environ=os.environ) -> SimpleNamespace:
@@ -76,8 +79,14 @@ def check_config(h, world: int) -> None:
          f"sequences of TRAIN_SEQ_LEN={h.train_seq_len} over 8 micro-batches (world size x grad accumulation)"),
         (not 0 < h.eval_stride <= h.eval_seq_len, f"EVAL_STRIDE={h.eval_stride} must be in 1..EVAL_SEQ_LEN={h.eval_seq_len}"),
         (not (4 <= h.quant_bits <= 8 and 4 <= h.embed_bits <= 8), "QUANT_BITS and EMBED_BITS must be in 4..8"),
+        (h.quant_method not in ("gptq", "rtn", "clip"), f"QUANT_METHOD={h.quant_method!r} must be gptq, rtn or clip"),
+        (min(h.embed_step_ratio, h.gptq_damp) <= 0 or h.gptq_batches < 1 or h.gptq_reserve_seconds < 0,
+         "EMBED_STEP_RATIO and GPTQ_DAMP must be > 0, GPTQ_BATCHES >= 1, GPTQ_RESERVE_SECONDS >= 0"),
+        (h.max_wallclock_seconds > 0 and h.quant_method == "gptq" and h.gptq_reserve_seconds >= h.max_wallclock_seconds,
+         f"GPTQ_RESERVE_SECONDS={h.gptq_reserve_seconds} leaves no training time in MAX_WALLCLOCK_SECONDS={h.max_wallclock_seconds}"),
         (not 0 < h.vocab_size <= 65536, f"VOCAB_SIZE={h.vocab_size} must be in 1..65536 (uint16 tokens)"),
-        (min(h.num_layers, h.mlp_mult, h.iterations, h.eval_batch_seqs) < 1, "NUM_LAYERS, MLP_MULT, ITERATIONS, EVAL_BATCH_SEQS must be >= 1"),
+        (min(h.num_layers, h.iterations, h.eval_batch_seqs) < 1 or h.mlp_mult * h.model_dim < 1,
+         "NUM_LAYERS, ITERATIONS, EVAL_BATCH_SEQS must be >= 1, MLP_MULT x MODEL_DIM >= 1"),
         (h.sphere_opt not in ("retract", "wn"), f"SPHERE_OPT={h.sphere_opt!r} must be 'retract' or 'wn'"),
         (h.muon_wd < 0, f"MUON_WD={h.muon_wd} must be >= 0"),
         (not 0 <= h.ema_decay < 1, f"EMA_DECAY={h.ema_decay} must be in [0, 1)"),
@@ -336,15 +345,26 @@ def attention(q, k, v, scale: float) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
+INPUT_ROWS = ("o", "down")  # matrices used as y @ W: each stored row belongs to one input feature
+
+
+def note_input(module: nn.Module, name: str, x: torch.Tensor) -> None:
+    """While calibrating (module.hessians is a dict), add the Gram matrix x^T x of a matrix's input: GPTQ's Hessian."""
+    if module.hessians is not None:
+        x = x.detach().reshape(-1, x.size(-1)).float()
+        module.hessians[name] = module.hessians.get(name, 0) + x.T @ x
+
+
 class Block(nn.Module):
     """h <- Norm(h + a_A (Norm(Attn(h)) - h)); h <- Norm(h + a_M (Norm(MLP(h)) - h)).
     Every weight matrix is stored with its model-dim axis last and used with unit rows along it: kept so by a
     retraction after each step (SPHERE_OPT=retract), or stored free and normalized in the forward (SPHERE_OPT=wn)."""
 
-    def __init__(self, h):
+    def __init__(self, h, index: int):
         super().__init__()
         d, self.heads, self.kv_heads = h.model_dim, h.num_heads, h.num_kv_heads
-        self.head_dim, hidden = d // h.num_heads, h.mlp_mult * d
+        self.head_dim, hidden = d // h.num_heads, int(h.mlp_mult * d)
+        self.name, self.hessians = f"blocks.{index}.", None
         self.q = nn.Parameter(torch.randn(d, d))
         self.k = nn.Parameter(torch.randn(self.kv_heads * self.head_dim, d))
         self.v = nn.Parameter(torch.randn(self.kv_heads * self.head_dim, d))
@@ -359,25 +379,27 @@ class Block(nn.Module):
         self.mlp_gain = nn.Parameter(torch.ones(hidden))
         self.leaky_slope, self.wn = h.leaky_slope, h.sphere_opt == "wn"
 
-    def w(self, name: str) -> torch.Tensor:
-        p = getattr(self, name)
-        return unit(p) if self.wn else p
+    def mm(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """x times the named matrix: x W^T, or x W for the INPUT_ROWS ones."""
+        note_input(self, self.name + name, x)
+        w = unit(getattr(self, name)) if self.wn else getattr(self, name)
+        return x @ w if name in INPUT_ROWS else F.linear(x, w)
 
     def mlp_hidden(self, x: torch.Tensor) -> torch.Tensor:
         """leaky_relu(x W_up * g)^2 (LEAKY_SLOPE 0: relu^2), in the matmul's dtype (bf16 under autocast)."""
-        u = F.linear(x, self.w("up"))
+        u = self.mm(x, "up")
         return F.leaky_relu(u * self.mlp_gain.to(u.dtype), self.leaky_slope).square()
 
     def forward(self, x, cos, sin):
         B, T, _ = x.shape
-        q = F.linear(x, self.w("q")).view(B, T, self.heads, self.head_dim)
-        k = F.linear(x, self.w("k")).view(B, T, self.kv_heads, self.head_dim)
-        v = F.linear(x, self.w("v")).view(B, T, self.kv_heads, self.head_dim)
+        q = self.mm(x, "q").view(B, T, self.heads, self.head_dim)
+        k = self.mm(x, "k").view(B, T, self.kv_heads, self.head_dim)
+        v = self.mm(x, "v").view(B, T, self.kv_heads, self.head_dim)
         q = unit(rope(q, cos, sin)) * (self.q_gain * self.scale).to(q.dtype).view(self.heads, self.head_dim)
         k = unit(rope(k, cos, sin))
-        y = attention(q, k, v, self.head_dim ** 0.5).reshape(B, T, -1) @ self.w("o")
+        y = self.mm(attention(q, k, v, self.head_dim ** 0.5).reshape(B, T, -1), "o")
         x = unit(x + self.alpha_attn.abs() * (self.alpha_init * self.scale) * (unit(y) - x))
-        y = self.mlp_hidden(x) @ self.w("down")
+        y = self.mm(self.mlp_hidden(x), "down")
         return unit(x + self.alpha_mlp.abs() * (self.alpha_init * self.scale) * (unit(y) - x))
 
 
@@ -386,12 +408,18 @@ class GPT(nn.Module):
         super().__init__()
         self.emb = nn.Embedding(h.vocab_size, h.model_dim)
         nn.init.normal_(self.emb.weight, std=h.embed_init_std)
-        self.blocks = nn.ModuleList(Block(h) for _ in range(h.num_layers))
+        self.blocks = nn.ModuleList(Block(h, i) for i in range(h.num_layers))
+        self.hessians = None
         self.logit_scale = nn.Parameter(torch.ones(()))
         self.logit_init = h.model_dim ** 0.5
         for name, table in zip(("cos", "sin"), rope_tables(h)):
             self.register_buffer(name, table, persistent=False)
         self.renorm_()
+
+    def calibrating(self, hessians: dict | None) -> None:
+        """Collect every block matrix's and the head's input Gram matrix into `hessians` (None: stop)."""
+        for m in (self, *self.blocks):
+            m.hessians = hessians
 
     def matrices(self) -> list[nn.Parameter]:
         return [p for b in self.blocks for p in b.parameters() if p.ndim == 2]
@@ -409,16 +437,27 @@ class GPT(nn.Module):
         x = unit(self.emb(idx))
         for block in self.blocks:
             x = block(x, self.cos[:T], self.sin[:T])
+        note_input(self, "emb.weight", x)
         logits = F.linear(x, self.emb.weight).float() * (self.logit_scale * self.logit_init)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
         return loss if reduction == "mean" else loss.view_as(targets)
 
 # ----------------------------------------------------------------------------------------------- export
+# final_model.ptz = ARTIFACT_MAGIC + one zstd frame of: the header's length (8 bytes, little-endian), a JSON header
+# {"meta": {how it was quantized}, "tensors": [[name, role, dtype, shape], ...]} and the raw arrays in its order.
+# Roles: "unit" int8 rows renormalized on load (no scale: renormalizing cancels it), "rows" int8 rows times the fp16
+# steps of the "step" entry after it (the embedding), "raw" fp16 (gains). No pickle: loading reads exactly these bytes
+# or fails.
+
+ARTIFACT_MAGIC = b"nGPT-artifact-v1\n"
+# "dfast" with 7-byte minimum matches: on int8 weights within 0.2% of zstd level 22, 500x faster (README)
+ZSTD_PARAMS = dict(window_log=20, hash_log=17, chain_log=16, search_log=1, min_match=7, target_length=0, strategy=2)
+MATRIX_KINDS = ("up", "down", "o", "q", "v", "k")  # largest first: the order the clip method lowers bits
 
 
 def quantize_rows(w: torch.Tensor, bits: int, angular: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int quantization; per row, the clip (fraction of max |w|) with the least error wins:
-    angle to the original row when the row is renormalized after dequantization, else squared error."""
+    """QUANT_METHOD=clip: symmetric per-row int quantization; per row, the clip (fraction of max |w|) with the least
+    error wins: angle to the original row when the row is renormalized after dequantization, else squared error."""
     qmax, w = 2 ** (bits - 1) - 1, w.float()
     amax = w.abs().amax(-1, keepdim=True).clamp_min(1e-12)
     best = None
@@ -435,60 +474,187 @@ def quantize_rows(w: torch.Tensor, bits: int, angular: bool) -> tuple[torch.Tens
     return best[1].to(torch.int8), best[2].half()
 
 
-MATRIX_KINDS = ("up", "down", "o", "q", "v", "k")  # block matrices, largest first: the order write_artifact lowers bits
+def gptq(w: torch.Tensor, step: torch.Tensor, hessian: torch.Tensor, damp: float, block: int = 128) -> torch.Tensor:
+    """GPTQ (Frantar et al. 2022): round w (out, in) to multiples of step (broadcast to w) one input column at a time,
+    largest Hessian diagonal first, moving each column's rounding error onto the columns not yet rounded through the
+    Cholesky factor of the damped inverse Hessian. Works on the transpose (a column is a contiguous row). Returns int8
+    multiples, clamped to +-127."""
+    H = hessian.float().clone()
+    H.diagonal()[H.diagonal() <= 0] = 1.0  # inputs never seen
+    order = torch.argsort(H.diagonal(), descending=True)
+    W, S, H = w.float()[:, order].T.contiguous(), step.float().expand_as(w)[:, order].T.contiguous(), H[order][:, order]
+    H.diagonal().add_(damp * H.diagonal().mean())
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    Q = torch.empty_like(W)
+    for a in range(0, W.size(0), block):
+        b = min(a + block, W.size(0))
+        Wb, E = W[a:b], torch.empty_like(W[a:b])
+        for i in range(b - a):
+            torch.div(Wb[i], S[a + i], out=Q[a + i]).round_().clamp_(-127, 127)
+            torch.addcmul(Wb[i], Q[a + i], S[a + i], value=-1, out=E[i]).div_(U[a + i, a + i])
+            Wb[i + 1:].addr_(U[a + i, a + i + 1:b], E[i], alpha=-1)
+        W[b:].addmm_(U[a:b, b:].T, E, alpha=-1)
+    return Q.T[:, torch.argsort(order)].to(torch.int8)
 
 
-def export_state(model: GPT, bits: dict[str, int], embed_bits: int) -> dict:
-    """On the CPU: int-bits[kind] rows for the block matrices (renormalized on load), int-`embed_bits` rows for the
-    embedding (not renormalized), fp16 for the small tensors."""
-    unit_rows = {id(p) for p in model.matrices()}
-    out = {"q": {}, "s": {}, "f": {}, "renorm": []}
-    for name, p in model.named_parameters():
-        if p.ndim < 2:
-            out["f"][name] = p.detach().half().cpu()
-            continue
-        renorm = id(p) in unit_rows
-        n_bits = bits[name.rsplit(".", 1)[-1]] if renorm else embed_bits
-        out["q"][name], out["s"][name] = (t.cpu() for t in quantize_rows(p.detach(), n_bits, renorm))
-        if renorm:
-            out["renorm"].append(name)
+def quantize_matrix(w: torch.Tensor, lam: float, kind: str, hessian: torch.Tensor | None, damp: float):
+    """Step = lam x the row's RMS; round to nearest, or GPTQ with the Hessian of the matrix's input. Returns the int8
+    rows and the fp16 steps (the values are rounded with the fp16 step, so q * step is exactly what loads)."""
+    w = w.float()
+    step = (lam * w.square().mean(-1, keepdim=True).sqrt()).half().float().clamp_min(1e-12)
+    if hessian is None:
+        q = (w / step).round().clamp(-127, 127).to(torch.int8)
+    elif kind in INPUT_ROWS:
+        q = gptq(w.T, step.T, hessian, damp).T
+    else:
+        q = gptq(w, step, hessian, damp)
+    return q, step.half()
+
+
+def quantized_tensors(model: GPT, h, lam: float, hessians: dict | None, bits: dict | None = None) -> list:
+    """[(name, role, array)] in artifact order, grouped by kind of matrix. QUANT_METHOD rtn/gptq: step lam x row RMS
+    for block matrices, EMBED_STEP_RATIO x lam for the embedding; clip: per-row clip at bits[kind], EMBED_BITS."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    named, out = dict(model.named_parameters()), []
+    blocks = [(f"blocks.{i}.{kind}", kind) for kind in MATRIX_KINDS for i in range(len(model.blocks))]
+    for name, kind in blocks + [("emb.weight", "emb")]:
+        w = named[name].detach().to(dev).float()
+        if kind != "emb":
+            w = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # what the forward uses (SPHERE_OPT=wn stores free rows)
+        if bits is not None:
+            q, step = quantize_rows(w, bits[kind] if kind != "emb" else h.embed_bits, kind != "emb")
+        else:
+            ratio = h.embed_step_ratio if kind == "emb" else 1.0
+            q, step = quantize_matrix(w, lam * ratio, kind, None if hessians is None else hessians[name], h.gptq_damp)
+        out.append((name, "unit" if kind != "emb" else "rows", q.cpu().numpy()))
+        if kind == "emb":
+            out.append((name, "step", step.cpu().numpy()))
+    out += [(name, "raw", p.detach().half().cpu().numpy()) for name, p in named.items() if p.ndim < 2]
     return out
 
 
-def dequantize_state(blob: dict) -> dict[str, torch.Tensor]:
-    state = {name: t.float() for name, t in blob["f"].items()}
-    for name, q in blob["q"].items():
-        w = q.float() * blob["s"][name].float()
-        state[name] = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12) if name in blob["renorm"] else w
+def pack_artifact(tensors: list, meta: dict | None = None) -> bytes:
+    header = json.dumps({"meta": meta or {}, "tensors": [[n, role, str(a.dtype), list(a.shape)] for n, role, a in tensors]}).encode()
+    payload = b"".join([len(header).to_bytes(8, "little"), header] + [np.ascontiguousarray(a).tobytes() for _, _, a in tensors])
+    params = zstandard.ZstdCompressionParameters(write_checksum=1, threads=-1, **ZSTD_PARAMS)
+    return ARTIFACT_MAGIC + zstandard.ZstdCompressor(compression_params=params).compress(payload)
+
+
+def unpack_artifact(data: bytes) -> tuple[list, dict]:
+    """The inverse of pack_artifact: (tensors, meta); raises on any byte that does not fit the format."""
+    if not data.startswith(ARTIFACT_MAGIC):
+        raise ValueError("it does not start with the nGPT artifact header")
+    raw = zstandard.ZstdDecompressor().decompress(data[len(ARTIFACT_MAGIC):])
+    n = int.from_bytes(raw[:8], "little")
+    tensors, at, header = [], 8 + n, json.loads(raw[8:8 + n])
+    for name, role, dtype, shape in header["tensors"]:
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if at + size > len(raw):
+            raise ValueError(f"{name} is cut short")
+        tensors.append((name, role, np.frombuffer(raw, dtype, int(np.prod(shape)), at).reshape(shape)))
+        at += size
+    if at != len(raw):
+        raise ValueError(f"{len(raw) - at} bytes follow the last tensor")
+    return tensors, header["meta"]
+
+
+def dequantize(tensors: list) -> dict[str, torch.Tensor]:
+    state = {}
+    for name, role, a in tensors:
+        t = torch.from_numpy(a.copy()).float()
+        if role == "unit":
+            t = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        state[name] = state[name] * t if role == "step" else t
     return state
 
 
-def save_artifact(blob: dict, path: str, level: int) -> None:
-    buf = io.BytesIO()
-    torch.save(blob, buf)
-    data = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=-1).compress(buf.getvalue())
+def fit_budget(encode, lam: float, slope: float, lo: int, hi: int, lam_min: float, tries: int = 12):
+    """Search the step multiple lam >= lam_min so that len(encode(lam)) lands in [lo, hi]: Newton steps on log bytes
+    against log lam, the slope re-estimated from the last two tries (bytes fall as lam grows). Returns (lam, data,
+    slope, tries). At lam_min (the finest step that clips nothing) a model too small for the window stops below it.
+    When no try lands in the window: the largest result <= hi (lam doubles until one fits, for at most 40 more tries:
+    then the last, too large, result; main() reports it)."""
+    tried, fits, prev = 0, None, None
+    target = math.log((lo + hi) / 2)
+    while True:
+        lam = max(lam, lam_min)
+        data = encode(lam)
+        tried, size = tried + 1, len(data)
+        if size <= hi and (fits is None or size > len(fits[1])):
+            fits = (lam, data)
+        if lo <= size <= hi or (size < lo and lam == lam_min) or tried >= tries + 40:
+            return lam, data, slope, tried
+        if tried >= tries and fits is not None:
+            return fits[0], fits[1], slope, tried
+        if prev is not None and abs(math.log(lam / prev[0])) > 1e-9:
+            est = (math.log(size) - math.log(prev[1])) / math.log(lam / prev[0])
+            slope = est if est < -0.05 else slope
+        prev = (lam, size)
+        lam *= math.exp(max(-1.0, min(1.0, (target - math.log(size)) / slope))) if tried < tries else 2.0
+
+
+def finest_step(model: GPT, h) -> float:
+    """The smallest step multiple at which no weight exceeds 127 steps (the embedding's step is EMBED_STEP_RATIO x)."""
+    worst = 0.0
+    for name, p in model.named_parameters():
+        if p.ndim == 2:
+            w = p.detach().float()
+            ratio = (w.abs().amax(-1) / w.square().mean(-1).sqrt().clamp_min(1e-12)).max().item()
+            worst = max(worst, ratio / (h.embed_step_ratio if name == "emb.weight" else 1.0))
+    return worst / 127
+
+
+def export_by_clip(model: GPT, h, hi: int) -> tuple[bytes, str]:
+    """QUANT_METHOD=clip: QUANT_BITS everywhere; while over hi bytes, one kind of matrix at a time loses a bit
+    (largest first, down to 4)."""
+    bits = dict.fromkeys(MATRIX_KINDS, h.quant_bits)
+    while True:
+        meta = {"method": "clip", "bits": bits, "embed_bits": h.embed_bits}
+        data = pack_artifact(quantized_tensors(model, h, 0.0, None, bits), meta)
+        kind = max(bits, key=bits.get)
+        if len(data) <= hi or bits[kind] == 4:
+            return data, "bits " + " ".join(f"{k}:{b}" for k, b in bits.items()) + f" embed:{h.embed_bits}"
+        bits[kind] -= 1
+
+
+def export_by_rate(model: GPT, h, lo: int, hi: int, hessians: dict | None) -> tuple[bytes, str]:
+    """QUANT_METHOD=rtn/gptq: the step multiple that fills [lo, hi], searched with round-to-nearest (cheap), then
+    refined with GPTQ (each try a full GPTQ pass) from there."""
+    def encode(lam, hessians=None):
+        meta = {"method": "gptq" if hessians else "rtn", "step": lam, "embed_step": lam * h.embed_step_ratio}
+        return pack_artifact(quantized_tensors(model, h, lam, hessians), meta)
+
+    slope = -0.18 * sum(p.numel() for p in model.parameters()) / hi  # bytes ~ n (entropy - log2 lam) / 8
+    lam_min = finest_step(model, h)
+    lam, data, slope, tried = fit_budget(encode, 0.3, slope, lo, hi, lam_min)
+    what = f"rtn_tries:{tried}"
+    if h.quant_method == "gptq":
+        lam, data, _, tried = fit_budget(lambda s: encode(s, hessians), lam, slope, lo, hi, lam_min, tries=4)
+        what += f" gptq_tries:{tried}"
+    what = f"step:{lam:.4f}xRMS embed_step:{lam * h.embed_step_ratio:.4f}xRMS " + what
+    if len(data) < lo:
+        what += " (the finest step, below the budget window: the model is too small to fill it)"
+    return data, what
+
+
+def write_artifact(model: GPT, path: str, h, lo: int, hi: int, hessians: dict | None, log) -> int:
+    """Quantize with QUANT_METHOD to between lo and hi bytes (at most hi), write `path` (via a temporary file), log
+    how; returns its bytes."""
+    t0 = time.perf_counter()
+    data, what = export_by_clip(model, h, hi) if h.quant_method == "clip" else export_by_rate(model, h, lo, hi, hessians)
     with open(path + ".tmp", "wb") as f:
         f.write(data)
     os.replace(path + ".tmp", path)
-
-
-def write_artifact(model: GPT, path: str, h, budget: int) -> dict[str, int]:
-    """Export with QUANT_BITS; while the file is over the budget, take one bit off one kind of block matrix at a time
-    (in MATRIX_KINDS order, down to 4 bits). Returns the bits used per kind."""
-    bits = dict.fromkeys(MATRIX_KINDS, h.quant_bits)
-    while True:
-        save_artifact(export_state(model, bits, h.embed_bits), path, h.zstd_level)
-        kind = max(bits, key=bits.get)
-        if os.path.getsize(path) <= budget or bits[kind] == 4:
-            return bits
-        bits[kind] -= 1
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"export method:{h.quant_method} {what} model_bytes:{len(data)} bytes_per_param:{len(data) / n_params:.4f} "
+        f"export_time:{1000 * (time.perf_counter() - t0):.0f}ms")
+    return len(data)
 
 
 def load_artifact(path: str) -> dict[str, torch.Tensor]:
     try:
         with open(path, "rb") as f:
-            raw = zstandard.ZstdDecompressor().decompress(f.read())
-        return dequantize_state(torch.load(io.BytesIO(raw), weights_only=True))
+            return dequantize(unpack_artifact(f.read())[0])
     except Exception as e:
         raise ValueError(f"{path} is truncated or corrupt and cannot be loaded ({type(e).__name__}: {e})") from None
 
@@ -555,6 +721,9 @@ class Run:
         self.val_tokens, self.luts = val_tokens.to(device), byte_luts(sp, h.vocab_size, device)
         self.val_seqs = max(1, h.val_batch_size // (world * h.train_seq_len))
         self.train_seqs = h.train_batch_tokens // (8 * h.train_seq_len)  # per micro-batch per rank
+        reserve = h.gptq_reserve_seconds if h.quant_method == "gptq" else 0.0  # GPTQ's calibration is training time
+        self.cap_ms = 1000 * (h.max_wallclock_seconds - reserve) if h.max_wallclock_seconds > 0 else 0.0
+        self.hessians = None
 
     def log(self, msg: str, echo: bool = True) -> None:
         if self.rank == 0:
@@ -601,7 +770,7 @@ class Run:
     def lr_mul(self, step: int, elapsed_ms: float) -> float:
         """1, then a linear warm-down to 0 over the last WARMDOWN_ITERS steps (estimated from the step time when the
         wall clock is capped)."""
-        h, cap_ms = self.h, 1000 * self.h.max_wallclock_seconds
+        h, cap_ms = self.h, self.cap_ms
         if h.warmdown_iters <= 0:
             return 1.0
         if cap_ms <= 0:
@@ -625,7 +794,7 @@ class Run:
         h, model = self.h, self.model
         stream = TokenStream(train_files, h.vocab_size, pin=self.cuda)
         ema = [p.detach().clone() for p in model.parameters()] if h.ema_decay > 0 else None
-        cap_ms = 1000 * h.max_wallclock_seconds
+        cap_ms = self.cap_ms
         train_ms, step, stop = 0.0, 0, False
         self.sync()
         t0 = time.perf_counter()
@@ -645,6 +814,8 @@ class Run:
                 self.sync()
                 t0 = time.perf_counter()
             if last:
+                if h.quant_method == "gptq":
+                    self.calibrate(stream, train_ms)
                 return val_loss, val_bpb
             loss = self.train_step(stream, step, self.lr_mul(step, train_ms + 1000 * (time.perf_counter() - t0)), ema)
             step += 1
@@ -662,6 +833,32 @@ class Run:
             if stop:
                 self.log(f"stopping_early: wallclock_cap train_time:{elapsed:.0f}ms step:{step}/{h.iterations}")
 
+    @torch.no_grad()
+    def calibrate(self, stream: TokenStream, train_ms: float) -> None:
+        """GPTQ's Hessians: GPTQ_BATCHES training micro-batches through the final weights on every rank, each matrix's
+        input Gram matrix summed over ranks. It reads training data, so its time is training time (reserved by the stop
+        rule: GPTQ_RESERVE_SECONDS)."""
+        h, model = self.h, self.model
+        self.sync()
+        t0 = time.perf_counter()
+        model.calibrating({})
+        for _ in range(h.gptq_batches):
+            x, y = stream.batch(self.train_seqs, h.train_seq_len, self.rank, self.world, self.device)
+            with self.autocast:
+                model(x, y)
+        self.hessians = model.hessians
+        model.calibrating(None)
+        if self.world > 1:
+            for t in self.hessians.values():
+                dist.all_reduce(t)
+        self.sync()
+        ms = 1000 * (time.perf_counter() - t0)
+        tokens = h.gptq_batches * self.train_seqs * h.train_seq_len * self.world
+        self.log(f"calibration method:gptq batches:{h.gptq_batches} tokens:{tokens} time:{ms:.0f}ms "
+                 f"train_time:{train_ms + ms:.0f}ms")
+        if h.max_wallclock_seconds > 0 and ms > 1000 * h.gptq_reserve_seconds:
+            self.log(f"warning: calibration took {ms / 1000:.1f}s, more than GPTQ_RESERVE_SECONDS={h.gptq_reserve_seconds}")
+
     def log_peak_memory(self) -> None:
         if self.cuda:
             self.log(f"peak_memory allocated:{torch.cuda.max_memory_allocated() // 2**20}MiB "
@@ -671,12 +868,13 @@ class Run:
             self.log(f"peak_memory maxrss:{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}MiB")
 
     def export(self, path: str) -> int:
-        """Rank 0 writes the artifact; every rank returns code + model bytes."""
+        """Rank 0 saves the trained weights (final_model.pt) and writes the artifact; every rank returns code + model
+        bytes."""
         h, code_bytes = self.h, len(self.code.encode("utf-8"))
         if self.rank == 0:
-            bits = write_artifact(self.model, path, h, SIZE_LIMIT - code_bytes)
-            self.log("export bits " + " ".join(f"{k}:{b}" for k, b in bits.items()) + f" embed:{h.embed_bits}"
-                     + (f" (lowered from QUANT_BITS={h.quant_bits} to fit the limit)" if min(bits.values()) < h.quant_bits else ""))
+            torch.save(self.model.state_dict(), "final_model.pt")
+            write_artifact(self.model, path, h, int(SIZE_LIMIT * (1 - BUDGET_WINDOW)) - code_bytes, SIZE_LIMIT - code_bytes,
+                           self.hessians, self.log)
         if self.world > 1:
             dist.barrier()
         model_bytes = os.path.getsize(path)
@@ -687,9 +885,12 @@ class Run:
                      "this run cannot be submitted")
         return total
 
-    def score(self, path: str, pre_bpb: float, t_end: float) -> None:
-        """The score comes from the file alone: poison every weight, load all of them from it, then evaluate."""
+    def score(self, path: str, pre_bpb: float) -> None:
+        """The score comes from the file alone: poison every weight, load all of them from it, then evaluate. The
+        evaluation phase (counted against the 600 s) starts with reading the file."""
         h = self.h
+        self.sync()
+        t_eval = time.perf_counter()
         with torch.no_grad():
             for p in self.model.parameters():
                 p.fill_(float("nan"))
@@ -697,6 +898,7 @@ class Run:
             self.model.load_state_dict(load_artifact(path), strict=True)
         except (ValueError, RuntimeError) as e:
             fail(str(e), self.log)
+        self.log(f"artifact_load_time:{1000 * (time.perf_counter() - t_eval):.0f}ms")
         q_loss, q_bpb = self.val_plain()
         self.log(f"final_roundtrip_plain val_loss:{q_loss:.4f} val_bpb:{q_bpb:.4f}")
         self.log(f"quant_gap_bpb:{q_bpb - pre_bpb:.4f}")
@@ -706,7 +908,7 @@ class Run:
         self.sync()
         self.log(f"final_roundtrip val_loss:{s_loss:.4f} val_bpb:{s_bpb:.4f} eval_time:{1000 * (time.perf_counter() - t0):.0f}ms")
         self.log(f"final_roundtrip_exact val_loss:{s_loss:.8f} val_bpb:{s_bpb:.8f}")
-        self.log(f"eval_phase_time:{1000 * (time.perf_counter() - t_end):.0f}ms")
+        self.log(f"eval_phase_time:{1000 * (time.perf_counter() - t_eval):.0f}ms")
 
     def close(self) -> None:
         if self.world > 1:
@@ -725,11 +927,10 @@ def main():
         val_loss, val_bpb = run.train(train_files)
     except (ValueError, FloatingPointError) as e:
         fail(str(e), run.log)
-    t_end = time.perf_counter()
     run.log_peak_memory()
     run.log(f"pre_quant val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f}")
     total = run.export("final_model.ptz")
-    run.score("final_model.ptz", val_bpb, t_end)
+    run.score("final_model.ptz", val_bpb)
     run.close()
     if total > SIZE_LIMIT:
         fail(f"artifact is {total} bytes, over the {SIZE_LIMIT}-byte limit", run.log)

@@ -58,10 +58,13 @@ def test_log_total_differing_from_files_fails(cpu_runs, tmp_path):
 
 
 def test_training_time_cap(cpu_runs, tmp_path):
+    """GPTQ's calibration reads training data: its line's train_time (training + calibration) is what is capped."""
     run = copy_run(cpu_runs[0], tmp_path / "run")
-    edit_body(run["log"], lambda body: sub_line(body, "step:", r"train_time:\S+", "train_time:600000ms"))
+    assert parse_log(run["log"])["calibration_ms"] is not None
+    edit_body(run["log"], lambda body: sub_line(body, "step:", r"train_time:\S+", "train_time:599000ms"))
+    edit_body(run["log"], lambda body: sub_line(body, "calibration ", r"train_time:\S+", "train_time:600000ms"))
     assert failed(run) == set()
-    edit_body(run["log"], lambda body: sub_line(body, "step:", r"train_time:\S+", "train_time:600001ms"))
+    edit_body(run["log"], lambda body: sub_line(body, "calibration ", r"train_time:\S+", "train_time:600001ms"))
     assert failed(run) == {"training time"}
 
 
@@ -124,7 +127,7 @@ def test_cli_exit_codes(cpu_runs, tmp_path):
     clean = subprocess.run(CHECK + args, capture_output=True, text=True)
     assert clean.returncode == 0, clean.stderr
     assert "PASS" in clean.stdout and "FAIL" not in clean.stdout
-    edit_body(run["log"], lambda body: sub_line(body, "step:", r"train_time:\S+", "train_time:600001ms"))
+    edit_body(run["log"], lambda body: sub_line(body, "calibration ", r"train_time:\S+", "train_time:600001ms"))
     edit_body(run["log"], lambda body: body + "error: boom\n")
     bad = subprocess.run(CHECK + args, capture_output=True, text=True)
     assert bad.returncode == 1

@@ -350,3 +350,12 @@ def test_head_takes_the_first_tokens_across_shards(tmp_path):
     assert again.returncode == 1 and again.stderr.count("\n") == 1 and "is not empty" in again.stderr
     short = run_cli("head", "--data", src, "--val-tokens", 40, "--train-tokens", 301, "--out", tmp_path / "short")
     assert short.returncode == 1 and "only 300 train tokens" in short.stderr and not (tmp_path / "short").exists()
+
+
+def test_sp8192_defaults_to_the_records_repo(hub, tmp_path):
+    """Without --repo-id, sp8192 is asked of kevclark/parameter-golf (where the records' sp8192 shards are); the
+    stand-in hub serves only the sp1024 repo, so the download stops with one line naming the repo it asked."""
+    result = run_cli("download", "--variant", "sp8192", "--train-shards", 1, "--out", tmp_path / "data",
+                     "--endpoint", hub.url, tmp_home=tmp_path / "hf_home")
+    assert result.returncode == 1 and "kevclark/parameter-golf" in result.stderr
+    assert ("GET", "/api/datasets/kevclark/parameter-golf") in [(m, p.split("/revision")[0]) for m, p in hub.requests]

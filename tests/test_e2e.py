@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import sentencepiece as spm
 
+from tools.runlog import parse_log
 from train_gpt import SIZE_LIMIT, byte_luts, load_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,10 +39,21 @@ def test_tiny_two_rank_run(cpu_runs, tiny_shards):
     print(f"{run['seconds']:.1f}s; train_loss {first} -> {last}; val_bpb {val[0][2]} -> {val[-1][2]}")
     assert last < first - 1
 
+    # GPTQ's calibration after the last step: 4 batches of 8 sequences of 64 tokens on each of 2 ranks, its time added
+    # to the training time, which is what the log parser (and check.py) then read
+    calib = re.search(r"(?m)^calibration method:gptq batches:4 tokens:4096 time:(\d+)ms train_time:(\d+)ms$", body)
+    last_val = re.findall(r"(?m)^step:40/40 val_loss:\S+ val_bpb:\S+ train_time:(\d+)ms", body)[-1]
+    assert abs(int(calib.group(2)) - int(last_val) - int(calib.group(1))) <= 1
+    assert parse_log(run["log"])["train_time_ms"] == int(calib.group(2))
+    export = re.search(r"(?m)^export method:gptq step:(\S+)xRMS embed_step:\S+xRMS rtn_tries:\d+ gptq_tries:\d+ "
+                       r"\(the finest step, below the budget window: the model is too small to fill it\) "
+                       r"model_bytes:(\d+) bytes_per_param:\S+ export_time:\d+ms$", body)
+    assert export and re.search(r"(?m)^artifact_load_time:\d+ms$", body)
     assert re.search(r"(?m)^peak_memory maxrss:\d+MiB$", body)
     sizes = re.search(rf"(?m)^submission_bytes code:(\d+) model:(\d+) total:(\d+) limit:{SIZE_LIMIT}$", body)
     code, model, total = map(int, sizes.groups())
     assert (code, model, total) == (run["script"].stat().st_size, run["ptz"].stat().st_size, code + model)
+    assert int(export.group(2)) == model
     assert re.search(r"(?m)^final_roundtrip_plain val_loss:\d+\.\d{4} val_bpb:\d+\.\d{4}$", body)
     assert re.search(r"(?m)^quant_gap_bpb:-?\d+\.\d{4}$", body)
     final = re.search(r"(?m)^final_roundtrip val_loss:\d+\.\d{4} val_bpb:(\d+\.\d{4}) eval_time:\d+ms$", body)

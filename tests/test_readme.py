@@ -37,7 +37,7 @@ def test_tool_commands_use_existing_flags():
         words = shlex.split(command.strip().split(";")[-1].replace("<RUN_ID>", "RUN"))
         tool = next(w for w in words if w.startswith("tools/"))
         assert (ROOT / tool).is_file(), tool
-        sub = [words[words.index(tool) + 1]] if tool == "tools/data.py" else []
+        sub = [words[words.index(tool) + 1]] if tool in ("tools/data.py", "tools/requant.py") else []
         help_text = subprocess.run([sys.executable, tool, *sub, "--help"], cwd=ROOT, capture_output=True, text=True,
                                    check=True).stdout
         for flag in (w.split("=")[0] for w in words if w.startswith("--")):

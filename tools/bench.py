@@ -39,7 +39,7 @@ class StandardBlock(nn.Module):
     def __init__(self, h):
         super().__init__()
         d, self.heads, self.kv_heads = h.model_dim, h.num_heads, h.num_kv_heads
-        self.head_dim, hidden = d // h.num_heads, h.mlp_mult * d
+        self.head_dim, hidden = d // h.num_heads, int(h.mlp_mult * d)
         shapes = dict(q=(d, d), k=(self.kv_heads * self.head_dim, d), v=(self.kv_heads * self.head_dim, d),
                       o=(d, d), up=(hidden, d), down=(hidden, d))
         for name, shape in shapes.items():

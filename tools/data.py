@@ -24,6 +24,8 @@ MAGIC, VERSION, HEADER_INTS = 20240520, 1, 256
 HEADER_BYTES = 4 * HEADER_INTS
 BOS_ID = 1
 REPO_ID = "willdepueoai/parameter-golf"
+# the records' sp8192 shards live in another dataset repo (MATCHED_FINEWEB_REPO_ID in their READMEs)
+DEFAULT_REPO = {"sp1024": REPO_ID, "sp8192": "kevclark/parameter-golf"}
 VARIANTS = {"sp1024": 1024, "sp8192": 8192}
 HUB_TIMEOUT_S = 10
 STDLIB_SKIP_DIRS = {"test", "tests", "idlelib", "turtledemo", "lib2to3", "encodings", "ensurepip",
@@ -325,11 +327,12 @@ def _local_problem(path, size):
     return None
 
 
-def download(variant, train_shards, out_dir, repo_id=REPO_ID, endpoint=None, log=say):
+def download(variant, train_shards, out_dir, repo_id=None, endpoint=None, log=say):
     """Fetch the whole validation split, the first train_shards train shards and the tokenizer of a variant into
     out_dir/datasets/fineweb10B_<variant>/ and out_dir/tokenizers/, skipping complete files. Returns the paths."""
     from huggingface_hub.utils import disable_progress_bars
     disable_progress_bars()
+    repo_id = repo_id or DEFAULT_REPO[variant]
     listing = _hub_list(repo_id, endpoint)
     folder = f"datasets/fineweb10B_{variant}/"
     shards = {split: sorted(n for n in listing if n.startswith(f"{folder}fineweb_{split}_") and n.endswith(".bin"))
@@ -386,7 +389,7 @@ def _parser():
     d.add_argument("--variant", required=True, choices=sorted(VARIANTS))
     d.add_argument("--train-shards", required=True, type=int, metavar="N", help="number of train shards (10^8 tokens each)")
     d.add_argument("--out", required=True, metavar="DIR")
-    d.add_argument("--repo-id", default=REPO_ID, help="dataset repo (default: %(default)s)")
+    d.add_argument("--repo-id", help="dataset repo (default: " + ", ".join(f"{r} for {v}" for v, r in DEFAULT_REPO.items()) + ")")
     d.add_argument("--endpoint", metavar="URL", help="hub endpoint (default: HF_ENDPOINT or https://huggingface.co)")
 
     b = sub.add_parser("build", help="turn local text into shards",

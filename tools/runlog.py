@@ -64,7 +64,8 @@ def parse_log(path: str | Path) -> dict:
     Keys: path, source, run_id, python, torch, hardware, world_size, grad_accum_steps,
     hparams {NAME: value}, code_bytes, model_params, train_steps [{step, total,
     train_loss, train_time_ms, step_avg_ms}], val_steps [{step, total, val_loss, val_bpb,
-    train_time_ms}], steps, train_time_ms, step_avg_ms (from the last step line),
+    train_time_ms}], steps, train_time_ms (from the last step line, or the calibration line after it, which counts
+    GPTQ's calibration as training), calibration_ms, step_avg_ms (from the last step line),
     stopping_early, pre_quant, roundtrip_plain, final_roundtrip {val_loss, val_bpb,
     eval_time_ms}, final_exact {val_loss, val_bpb}, quant_gap_bpb, eval_phase_time_ms,
     eval_time_ms (eval_phase_time, else the final_roundtrip eval_time),
@@ -76,7 +77,7 @@ def parse_log(path: str | Path) -> dict:
         "path": path, "source": source, "run_id": None, "python": None, "torch": None,
         "hardware": None, "world_size": None, "grad_accum_steps": None, "hparams": {},
         "code_bytes": None, "model_params": None, "train_steps": [], "val_steps": [],
-        "steps": None, "train_time_ms": None, "step_avg_ms": None, "stopping_early": None,
+        "steps": None, "train_time_ms": None, "calibration_ms": None, "step_avg_ms": None, "stopping_early": None,
         "pre_quant": None, "roundtrip_plain": None, "final_roundtrip": None, "final_exact": None,
         "quant_gap_bpb": None, "eval_phase_time_ms": None, "submission_bytes": None,
         "errors": [], "nonfinite": [],
@@ -101,6 +102,8 @@ def parse_log(path: str | Path) -> dict:
                                            "step_avg_ms": _num(f.get("step_avg"))})
             log["steps"], log["train_time_ms"] = step["step"], step["train_time_ms"]
             log["step_avg_ms"] = _num(f.get("step_avg"))
+        elif line.startswith("calibration "):  # GPTQ's calibration reads training data: its train_time includes it
+            log["calibration_ms"], log["train_time_ms"] = _num(f.get("time")), _num(f.get("train_time"))
         elif line.startswith("stopping_early:"):
             log["stopping_early"] = line
         elif line.startswith("hardware:"):
