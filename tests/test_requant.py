@@ -14,7 +14,8 @@ def test_table_at_equal_bytes(cpu_runs):
     run = cpu_runs[-1]
     model = Path(run["script"]).parent / "final_model.pt"
     out = subprocess.run(REQUANT + ["table", "--log", str(run["log"]), "--model", str(model), "--bytes-per-param",
-                                    "0.8", "--val-tokens", "4096"], capture_output=True, text=True)
+                                    "0.8", "--val-tokens", "4096", "--methods", "clip6", "clip", "rtn", "gptq"],
+                         capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     print(out.stdout)
     rows = {m: (int(b.replace(",", "")), float(gap)) for m, b, gap in

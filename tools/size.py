@@ -3,9 +3,10 @@
     python tools/size.py final_model.ptz [--script train_gpt.py] [--by kind]
 
 Columns: parameters, role (unit: int8 rows renormalized on load, no scale; rows: int8 times an fp16 step per row;
-step: those steps; raw: fp16), the largest |integer|, the order-0 entropy of the values in bits per parameter, the
-bytes of the tensor compressed alone with the artifact's zstd settings, bytes per parameter, and the share of the
-16,000,000-byte limit. The totals compare the sum of the tensors compressed alone with the file itself (which adds its
+step: those steps; unit4/rows4: NVFP4 codes, e4m3: their block scales, tscale: their tensor scale; raw: fp16), the
+largest |integer| (int8 roles), the order-0 entropy of the values in bits per parameter, the bytes of the tensor
+compressed alone with the artifact's zstd settings, bytes per parameter, and the share of the 16,000,000-byte limit.
+The totals compare the sum of the tensors compressed alone with the file itself (which adds its
 header and frames). With --script, the code bytes are added to the total as the challenge counts them. Exit 0 when the
 file loads, 1 with one line when it does not (or the total is over the limit), 2 on bad arguments.
 """
@@ -44,7 +45,7 @@ def rows(tensors: list, by_kind: bool) -> list[dict]:
     out = []
     for name, role, a in tensors:
         out.append({"name": f"{name} ({role})" if role == "step" else name, "role": role, "params": a.size,
-                    "max_int": int(np.abs(a).max()) if a.dtype == np.int8 and a.size else None,
+                    "max_int": int(np.abs(a).max()) if role in ("unit", "rows") and a.size else None,
                     "entropy": entropy_bits(a) if a.size > 1 else 0.0, "bytes": compressed_alone(a), "values": a})
     if not by_kind:
         return out
