@@ -46,7 +46,7 @@ HPARAMS = dict(
     MUON_MOMENTUM_WARMUP_START=0.85, MUON_MOMENTUM_WARMUP_STEPS=1500, MUON_STEPS=5, BETA1=0.9, BETA2=0.95,
     EMA_DECAY=0.0, EVAL_SEQ_LEN=0, EVAL_STRIDE=64, EVAL_BATCH_SEQS=32,
     QUANT_METHOD="gptq", EMBED_STEP_RATIO=0.5, GPTQ_BATCHES=4, GPTQ_DAMP=0.01, GPTQ_RESERVE_SECONDS=8.0,
-    QAT_FRACTION=0.0, TARGET_BYTES_PER_PARAM=0.0,
+    TARGET_BYTES_PER_PARAM=0.0,
     QUANT_BITS=6, EMBED_BITS=8, COMPILE=1,
 )
 SIZE_LIMIT = 16_000_000
@@ -80,10 +80,7 @@ def check_config(h, world: int) -> None:
          f"sequences of TRAIN_SEQ_LEN={h.train_seq_len} over 8 micro-batches (world size x grad accumulation)"),
         (not 0 < h.eval_stride <= h.eval_seq_len, f"EVAL_STRIDE={h.eval_stride} must be in 1..EVAL_SEQ_LEN={h.eval_seq_len}"),
         (not (4 <= h.quant_bits <= 8 and 4 <= h.embed_bits <= 8), "QUANT_BITS and EMBED_BITS must be in 4..8"),
-        (h.quant_method not in ("gptq", "rtn", "clip", "nvfp4"), f"QUANT_METHOD={h.quant_method!r} must be gptq, rtn, clip or nvfp4"),
-        (h.quant_method == "nvfp4" and h.model_dim % 16, f"QUANT_METHOD=nvfp4 needs MODEL_DIM={h.model_dim} divisible by 16"),
-        (not 0 <= h.qat_fraction <= 1 or (h.qat_fraction > 0 and h.quant_method == "clip"),
-         f"QAT_FRACTION={h.qat_fraction} must be in [0, 1], and QUANT_METHOD gptq, rtn or nvfp4 when > 0"),
+        (h.quant_method not in ("gptq", "rtn", "clip"), f"QUANT_METHOD={h.quant_method!r} must be gptq, rtn or clip"),
         (h.target_bytes_per_param < 0, f"TARGET_BYTES_PER_PARAM={h.target_bytes_per_param} must be >= 0"),
         (min(h.embed_step_ratio, h.gptq_damp) <= 0 or h.gptq_batches < 1 or h.gptq_reserve_seconds < 0,
          "EMBED_STEP_RATIO and GPTQ_DAMP must be > 0, GPTQ_BATCHES >= 1, GPTQ_RESERVE_SECONDS >= 0"),
@@ -369,7 +366,7 @@ class Block(nn.Module):
         super().__init__()
         d, self.heads, self.kv_heads = h.model_dim, h.num_heads, h.num_kv_heads
         self.head_dim, hidden = d // h.num_heads, int(h.mlp_mult * d)
-        self.name, self.hessians, self.qat = f"blocks.{index}.", None, None
+        self.name, self.hessians = f"blocks.{index}.", None
         self.q = nn.Parameter(torch.randn(d, d))
         self.k = nn.Parameter(torch.randn(self.kv_heads * self.head_dim, d))
         self.v = nn.Parameter(torch.randn(self.kv_heads * self.head_dim, d))
@@ -385,12 +382,9 @@ class Block(nn.Module):
         self.leaky_slope, self.wn = h.leaky_slope, h.sphere_opt == "wn"
 
     def mm(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """x times the named matrix: x W^T, or x W for the INPUT_ROWS ones. During QAT (self.qat = (method, step)) the
-        forward uses the rows the artifact will load, the gradient goes straight through to the weights."""
+        """x times the named matrix: x W^T, or x W for the INPUT_ROWS ones."""
         note_input(self, self.name + name, x)
         w = unit(getattr(self, name)) if self.wn else getattr(self, name)
-        if self.qat is not None:
-            w = w + (fake_quant(w.detach(), *self.qat) - w).detach()
         return x @ w if name in INPUT_ROWS else F.linear(x, w)
 
     def mlp_hidden(self, x: torch.Tensor) -> torch.Tensor:
@@ -514,39 +508,6 @@ def rms_step(w: torch.Tensor, lam: float) -> torch.Tensor:
     return (lam * w.square().mean(-1, keepdim=True).sqrt()).half().float().clamp_min(1e-12)
 
 
-E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # the magnitudes of a 4-bit float (1 sign, 2 exponent, 1 mantissa bits)
-
-
-def nvfp4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """QUANT_METHOD=nvfp4: blocks of 16 along each row, each with an E4M3 scale (block max / 6, relative to an fp32
-    scale per tensor that keeps E4M3 in range) times E2M1 values rounded to nearest. Returns the codes (int8: the
-    magnitude's index, +8 when negative), the scales (E4M3 bits as uint8) and the tensor scale."""
-    rows, cols = w.shape
-    b = w.float().reshape(rows, cols // 16, 16)
-    amax = b.abs().amax(-1)
-    tscale = (amax.max() / (6 * 448)).clamp_min(1e-30)
-    scale8 = (amax / 6 / tscale).to(torch.float8_e4m3fn)
-    x = b / (scale8.float() * tscale).clamp_min(1e-30).unsqueeze(-1)
-    grid = torch.tensor(E2M1, device=w.device)
-    codes = torch.bucketize(x.abs(), (grid[1:] + grid[:-1]) / 2) + 8 * (x < 0)
-    return codes.reshape(rows, cols).to(torch.int8), scale8.view(torch.uint8), tscale.float().reshape(())
-
-
-def nvfp4_values(codes: torch.Tensor, scale8: torch.Tensor, tscale: torch.Tensor) -> torch.Tensor:
-    grid = torch.tensor(E2M1 + tuple(-v for v in E2M1), device=codes.device)
-    s = scale8.view(torch.float8_e4m3fn).float() * tscale.float()
-    return (grid[codes.long()].view(*s.shape, 16) * s.unsqueeze(-1)).view(codes.shape)
-
-
-def fake_quant(w: torch.Tensor, method: str, lam: float) -> torch.Tensor:
-    """The unit rows the artifact loads for block matrix w, rounded to nearest (nvfp4, or lam x RMS steps): QAT's
-    forward, equal to the round trip's (tests/test_qat.py)."""
-    w = unit_rows(w.float())
-    if method == "nvfp4":
-        return unit_rows(nvfp4_values(*nvfp4(w)))
-    return unit_rows((w / rms_step(w, lam)).round().clamp(-127, 127))
-
-
 def quantize_matrix(w: torch.Tensor, lam: float, kind: str, hessian: torch.Tensor | None, damp: float):
     """Step = lam x the row's RMS; round to nearest, or GPTQ with the Hessian of the matrix's input. Returns the int8
     rows and the fp16 steps (the values are rounded with the fp16 step, so q * step is exactly what loads)."""
@@ -563,8 +524,7 @@ def quantize_matrix(w: torch.Tensor, lam: float, kind: str, hessian: torch.Tenso
 
 def quantized_tensors(model: GPT, h, lam: float, hessians: dict | None, bits: dict | None = None) -> list:
     """[(name, role, array)] in artifact order, grouped by kind of matrix. QUANT_METHOD rtn/gptq: step lam x row RMS
-    for block matrices, EMBED_STEP_RATIO x lam for the embedding; clip: per-row clip at bits[kind], EMBED_BITS;
-    nvfp4: every matrix in NVFP4 (roles unit4/rows4, e4m3, tscale)."""
+    for block matrices, EMBED_STEP_RATIO x lam for the embedding; clip: per-row clip at bits[kind], EMBED_BITS."""
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     named, out = dict(model.named_parameters()), []
     blocks = [(f"blocks.{i}.{kind}", kind) for kind in MATRIX_KINDS for i in range(len(model.blocks))]
@@ -572,11 +532,6 @@ def quantized_tensors(model: GPT, h, lam: float, hessians: dict | None, bits: di
         w = named[name].detach().to(dev).float()
         if kind != "emb":
             w = unit_rows(w)  # what the forward uses (SPHERE_OPT=wn stores free rows)
-        if h.quant_method == "nvfp4":
-            codes, scale8, tscale = nvfp4(w)
-            out += [(name, "unit4" if kind != "emb" else "rows4", codes.cpu().numpy()),
-                    (name, "e4m3", scale8.cpu().numpy()), (name, "tscale", tscale.cpu().numpy())]
-            continue
         if bits is not None:
             q, step = quantize_rows(w, bits[kind] if kind != "emb" else h.embed_bits, kind != "emb")
         else:
@@ -615,28 +570,21 @@ def unpack_artifact(data: bytes) -> tuple[list, dict]:
 
 
 def dequantize(tensors: list) -> dict[str, torch.Tensor]:
-    parts, state = {}, {}
+    state = {}
     for name, role, a in tensors:
-        parts.setdefault(name, {})[role] = torch.from_numpy(a.copy())
-    for name, p in parts.items():
-        if "raw" in p:
-            state[name] = p["raw"].float()
-            continue
-        if "unit4" in p or "rows4" in p:
-            w = nvfp4_values(p.get("unit4", p.get("rows4")), p["e4m3"], p["tscale"])
-        else:
-            w = p.get("unit", p.get("rows")).float() * (p["step"].float() if "step" in p else 1.0)
-        state[name] = unit_rows(w) if "unit" in p or "unit4" in p else w
+        t = torch.from_numpy(a.copy()).float()
+        state[name] = unit_rows(t) if role == "unit" else state[name] * t if role == "step" else t
     return state
 
 
 def fit_budget(encode, lam: float, slope: float, lo: int, hi: int, lam_min: float, tries: int = 12):
     """Search the step multiple lam >= lam_min so that len(encode(lam)) lands in [lo, hi]: Newton steps on log bytes
-    against log lam, the slope re-estimated from the last two tries (bytes fall as lam grows). Returns (lam, data,
-    slope, tries). At lam_min (the finest step that clips nothing) a model too small for the window stops below it.
-    When no try lands in the window: the largest result <= hi (lam doubles until one fits, for at most 40 more tries:
-    then the last, too large, result; main() reports it)."""
-    tried, fits, prev = 0, None, None
+    against log lam (bytes fall as lam grows), the slope re-estimated from the last two tries, bisecting instead once
+    the window is bracketed and a Newton step would leave the bracket. Returns (lam, data, slope, tries). At lam_min
+    (the finest step that clips nothing) a model too small for the window stops below it. When no try lands in the
+    window: the largest result <= hi (lam doubles until one fits, for at most 40 more tries: then the last, too large,
+    result; main() reports it)."""
+    tried, fits, prev, over = 0, None, None, None  # over: the largest lam whose result was > hi
     target = math.log((lo + hi) / 2)
     while True:
         lam = max(lam, lam_min)
@@ -648,11 +596,15 @@ def fit_budget(encode, lam: float, slope: float, lo: int, hi: int, lam_min: floa
             return lam, data, slope, tried
         if tried >= tries and fits is not None:
             return fits[0], fits[1], slope, tried
+        over = max(over or 0.0, lam) if size > hi else over
         if prev is not None and abs(math.log(lam / prev[0])) > 1e-9:
             est = (math.log(size) - math.log(prev[1])) / math.log(lam / prev[0])
             slope = est if est < -0.05 else slope
         prev = (lam, size)
-        lam *= math.exp(max(-1.0, min(1.0, (target - math.log(size)) / slope))) if tried < tries else 2.0
+        new = lam * math.exp(max(-1.0, min(1.0, (target - math.log(size)) / slope))) if tried < tries else 2.0 * lam
+        if over is not None and fits is not None and tried < tries and not over < new < fits[0]:
+            new = math.sqrt(over * fits[0])
+        lam = new
 
 
 def finest_step(model: GPT, h) -> float:
@@ -679,36 +631,35 @@ def export_by_clip(model: GPT, h, hi: int) -> tuple[bytes, str]:
         bits[kind] -= 1
 
 
-def export_by_rate(model: GPT, h, lo: int, hi: int, hessians: dict | None, lam: float = 0.3) -> tuple[bytes, str, float]:
-    """QUANT_METHOD=rtn/gptq: the step multiple that fills [lo, hi], searched from lam with round-to-nearest (cheap),
-    then, given Hessians, refined with GPTQ (each try a full GPTQ pass). Returns (file, how, step multiple)."""
+def export_by_rate(model: GPT, h, lo: int, hi: int, hessians: dict | None) -> tuple[bytes, str]:
+    """QUANT_METHOD=rtn/gptq: the step multiple that fills [lo, hi], searched with round-to-nearest (cheap), then,
+    given Hessians, refined with GPTQ (each try a full GPTQ pass)."""
     def encode(lam, hessians=None):
         meta = {"method": "gptq" if hessians else "rtn", "step": lam, "embed_step": lam * h.embed_step_ratio}
         return pack_artifact(quantized_tensors(model, h, lam, hessians), meta)
 
     slope = -0.18 * sum(p.numel() for p in model.parameters()) / hi  # bytes ~ n (entropy - log2 lam) / 8
     lam_min = finest_step(model, h)
-    lam, data, slope, tried = fit_budget(encode, lam, slope, lo, hi, lam_min)
+    lam, data, slope, tried = fit_budget(encode, 0.3, slope, lo, hi, lam_min)
     what = f"rtn_tries:{tried}"
     if hessians is not None:
         lam, data, _, tried = fit_budget(lambda s: encode(s, hessians), lam, slope, lo, hi, lam_min, tries=4)
         what += f" gptq_tries:{tried}"
     what = f"step:{lam:.4f}xRMS embed_step:{lam * h.embed_step_ratio:.4f}xRMS " + what
     if len(data) < lo:
-        what += " (the finest step, below the budget window: the model is too small to fill it)"
-    return data, what, lam
+        what += (" (the finest step, below the budget window: the model is too small to fill it)" if lam <= lam_min
+                 else " (no try landed in the budget window: the largest that fits)")
+    return data, what
 
 
-def write_artifact(model: GPT, path: str, h, lo: int, hi: int, hessians: dict | None, log, lam: float = 0.3) -> int:
-    """Quantize with QUANT_METHOD to between lo and hi bytes (at most hi; nvfp4 has no knob: its size is its size),
-    write `path` (via a temporary file), log how; returns its bytes. lam: where the step search starts."""
+def write_artifact(model: GPT, path: str, h, lo: int, hi: int, hessians: dict | None, log) -> int:
+    """Quantize with QUANT_METHOD to between lo and hi bytes (at most hi), write `path` (via a temporary file), log
+    how; returns its bytes."""
     t0 = time.perf_counter()
     if h.quant_method == "clip":
         data, what = export_by_clip(model, h, hi)
-    elif h.quant_method == "nvfp4":
-        data, what = pack_artifact(quantized_tensors(model, h, 0.0, None), {"method": "nvfp4"}), "format:E2M1x16+E4M3"
     else:
-        data, what, _ = export_by_rate(model, h, lo, hi, hessians if h.quant_method == "gptq" else None, lam)
+        data, what = export_by_rate(model, h, lo, hi, hessians if h.quant_method == "gptq" else None)
     with open(path + ".tmp", "wb") as f:
         f.write(data)
     os.replace(path + ".tmp", path)
@@ -790,8 +741,7 @@ class Run:
         self.train_seqs = h.train_batch_tokens // (8 * h.train_seq_len)  # per micro-batch per rank
         reserve = h.gptq_reserve_seconds if h.quant_method == "gptq" else 0.0  # GPTQ's calibration is training time
         self.cap_ms = 1000 * (h.max_wallclock_seconds - reserve) if h.max_wallclock_seconds > 0 else 0.0
-        self.hessians, self.qat_lam = None, 0.3  # qat_lam: QAT's step, where the export's search starts
-        self.qat_step = torch.full((), 0.3, device=device)  # one tensor: a new step value does not recompile
+        self.hessians = None
 
     def log(self, msg: str, echo: bool = True) -> None:
         if self.rank == 0:
@@ -846,16 +796,12 @@ class Run:
         return min(1.0, max(cap_ms - elapsed_ms, 0.0) / max(h.warmdown_iters * elapsed_ms / max(step, 1), 1e-9))
 
     def warm_up(self, train_files: list[str]) -> None:
-        """Compile and warm up on WARMUP_STEPS steps (the last with QAT's forward when QAT_FRACTION > 0: its graph is
-        compiled here, not in the timed training), then restore the initial weights and optimizer state."""
+        """Compile and warm up on WARMUP_STEPS steps, then restore the initial weights and optimizer state."""
         h, model = self.h, self.model
         initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in self.optimizers]
         stream = TokenStream(train_files, h.vocab_size, pin=self.cuda)
         for step in range(h.warmup_steps):
-            if h.qat_fraction > 0 and step == h.warmup_steps - 1:
-                self.set_qat(self.qat_step.fill_(0.3))
             self.train_step(stream, step, 1.0)
-        self.set_qat(None)
         model.load_state_dict(initial[0])
         for opt, state in zip(self.optimizers, initial[1]):
             opt.load_state_dict(state)
@@ -889,11 +835,7 @@ class Run:
                 if h.quant_method == "gptq":
                     self.calibrate(stream, train_ms)
                 return val_loss, val_bpb
-            elapsed = train_ms + 1000 * (time.perf_counter() - t0)
-            if h.qat_fraction > 0 and model.blocks[0].qat is None and (
-                    elapsed >= (1 - h.qat_fraction) * cap_ms if cap_ms > 0 else step >= (1 - h.qat_fraction) * h.iterations):
-                self.start_qat(step)
-            loss = self.train_step(stream, step, self.lr_mul(step, elapsed), ema)
+            loss = self.train_step(stream, step, self.lr_mul(step, train_ms + 1000 * (time.perf_counter() - t0)), ema)
             step += 1
             self.sync()
             elapsed = train_ms + 1000 * (time.perf_counter() - t0)
@@ -919,28 +861,6 @@ class Run:
             if target < hi:
                 lo, hi = int(target * (1 - BUDGET_WINDOW)), target
         return lo, hi
-
-    def set_qat(self, step: torch.Tensor | None) -> None:
-        method = "nvfp4" if self.h.quant_method == "nvfp4" else "rtn"
-        for block in self.model.blocks:
-            block.qat = None if step is None else (method, step)
-
-    @torch.no_grad()
-    def start_qat(self, step: int) -> None:
-        """From here on every block matrix is used as the artifact will load it (Block.mm); rtn/gptq: at the step that
-        fills the budget for the current weights (round to nearest, searched like the export; rank 0's on every rank)."""
-        h, t0 = self.h, time.perf_counter()
-        lam, method = 0.3, "nvfp4" if h.quant_method == "nvfp4" else "rtn"
-        if method == "rtn":
-            lam = export_by_rate(self.model, h, *self.budget(), None)[2]
-            if self.world > 1:
-                lam_t = torch.tensor(lam, device=self.device, dtype=torch.float64)
-                dist.broadcast(lam_t, 0)
-                lam = lam_t.item()
-        self.set_qat(self.qat_step.fill_(lam))
-        self.qat_lam = lam = self.qat_step.item()  # the float32 step QAT trains through: the export's search starts there
-        self.log(f"qat: from step {step} (QAT_FRACTION={h.qat_fraction}) the forward uses {method}"
-                 + (f" at step:{lam:.4f}xRMS" if method == "rtn" else "") + f", set up in {1000 * (time.perf_counter() - t0):.0f}ms")
 
     @torch.no_grad()
     def calibrate(self, stream: TokenStream, train_ms: float) -> None:
@@ -982,7 +902,7 @@ class Run:
         h, code_bytes = self.h, len(self.code.encode("utf-8"))
         if self.rank == 0:
             torch.save(self.model.state_dict(), "final_model.pt")
-            write_artifact(self.model, path, h, *self.budget(), self.hessians, self.log, self.qat_lam)
+            write_artifact(self.model, path, h, *self.budget(), self.hessians, self.log)
         if self.world > 1:
             dist.barrier()
         model_bytes = os.path.getsize(path)

@@ -86,8 +86,7 @@ DETERMINISM = {"same_seed_a": ({"SEED": "7"}, 1, None), "same_seed_b": ({"SEED":
 # every recipe option away from its default at once, on 2 ranks
 OPTIONS = {"options": ({"SPHERE_OPT": "wn", "MUON_WD": "0.04", "EMA_DECAY": "0.9", "LEAKY_SLOPE": "0.5",
                         "MUON_MOMENTUM_WARMUP_STEPS": "5", "QK_GAIN_INIT": "5", "ROPE_DIMS": "8"}, 2, None),
-           "qat": ({"QUANT_METHOD": "rtn", "QAT_FRACTION": "0.5", "TARGET_BYTES_PER_PARAM": "0.5"}, 2, None),
-           "qat_nvfp4": ({"QUANT_METHOD": "nvfp4", "QAT_FRACTION": "0.3"}, 1, None)}
+           "target": ({"QUANT_METHOD": "rtn", "TARGET_BYTES_PER_PARAM": "0.5"}, 2, None)}
 
 
 def free_port():
@@ -179,21 +178,15 @@ def test_every_recipe_option_runs_on_two_ranks(launched):
     assert final and math.isfinite(float(final.group(1))) and not re.search(r"(?m)^error:", log)
 
 
-def test_qat_runs_and_the_export_meets_its_step(launched):
-    """QAT from half-way (10 iterations: from step 5) on 2 ranks at the step that fills 0.5 bytes per parameter, and
-    the export lands there from that step; NVFP4 with QAT on one rank."""
-    for name, method in (("qat", "rtn"), ("qat_nvfp4", "nvfp4")):
-        run = launched[name]
-        assert all(code == 0 for code in run.codes), run.err[0][-3000:]
-        log = (run.cwd / "logs" / f"{name}.txt").read_text()
-        qat = re.search(rf"(?m)^qat: from step (\d+) \(QAT_FRACTION=\S+\) the forward uses {method}(?: at step:(\S+)xRMS)?, "
-                        r"set up in \d+ms$", log)
-        assert qat, log[-3000:]
-        export = re.search(rf"(?m)^export method:{method} (\S+) .*model_bytes:(\d+) bytes_per_param:(\S+) ", log)
-        assert export and not re.search(r"(?m)^error:", log)
-        if method == "rtn":
-            assert int(qat.group(1)) == 5 and float(export.group(3)) <= 0.5
-            if " rtn_tries:1 " in export.group(0):  # the first try, at QAT's step, landed: the score sees QAT's grid
-                assert export.group(1) == f"step:{qat.group(2)}xRMS"
-        else:
-            assert int(qat.group(1)) == 7 and export.group(1) == "format:E2M1x16+E4M3"
+def test_target_bytes_per_parameter(launched):
+    """TARGET_BYTES_PER_PARAM=0.5 on 2 ranks: the export fills 0.5 bytes per parameter, within the 0.5% window, or
+    says that no try landed there: at this size the compressed bytes jump by ~6% at one step (zstd's per-block coding
+    choice on 128k parameters), and the search then keeps the largest result that fits."""
+    run = launched["target"]
+    assert run.codes == [0, 0], run.err[0][-3000:]
+    log = (run.cwd / "logs" / "target.txt").read_text()
+    export = re.search(r"(?m)^export method:rtn step:\S+xRMS .*model_bytes:(\d+) bytes_per_param:(\S+) ", log)
+    params, size = int(re.search(r"(?m)^model_params:(\d+)$", log).group(1)), int(export.group(1))
+    print(export.group(0), params)
+    assert 0.9 * 0.5 * params <= size <= 0.5 * params
+    assert size >= 0.995 * 0.5 * params - 1 or "no try landed in the budget window: the largest that fits" in export.group(0)

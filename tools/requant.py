@@ -7,9 +7,8 @@ table: loads the weights train_gpt.py saved (final_model.pt) into the run's mode
 lines of its log), collects GPTQ's Hessians from GPTQ_BATCHES training batches, and for each method writes an artifact
 at equal bytes, reloads it and prints bytes, bytes per parameter, val_bpb before and after, and the gap (plain
 windows of TRAIN_SEQ_LEN). clip6 is the per-row clip at int6 (int8 embedding) whatever its size; clip lowers bits
-until it fits --bytes-per-param x parameters; nvfp4 is what it is (4-bit E2M1 in blocks of 16 with E4M3 scales);
-rtn and gptq search the step to land within 0.5% below the bytes of the last of clip and nvfp4 that ran (the budget
-when neither did).
+until it fits --bytes-per-param x parameters; rtn and gptq search the step to land within 0.5% below clip's bytes
+(below the budget when clip is not among the methods).
 
 standin: builds the model of the current defaults (train_gpt.py's HPARAMS, then --env), fills its matrices with values
 drawn from the trained weights (each kind of block matrix from the same kind, standardized by row RMS; the embedding
@@ -34,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import train_gpt as T  # noqa: E402
 from runlog import parse_log  # noqa: E402
 
-METHODS = ("clip6", "clip", "nvfp4", "rtn", "gptq")
+METHODS = ("clip6", "clip", "rtn", "gptq")
 
 
 class Failure(Exception):
@@ -87,7 +86,7 @@ def table(args) -> None:
     print(f"{n:,} parameters, budget {budget:,} bytes ({args.bytes_per_param} B/param); pre-quantization val_bpb "
           f"{pre:.4f} on {len(val) - 1:,} tokens; Hessians in {time.perf_counter() - t0:.1f}s", flush=True)
     print(f"| method | model bytes | B/param | how | val_bpb before | after | gap |\n|---|---|---|---|---|---|---|")
-    methods = sorted(args.methods, key=METHODS.index)  # clip and nvfp4 before rtn and gptq, which match their bytes
+    methods = sorted(args.methods, key=METHODS.index)  # clip before rtn and gptq, which match its bytes
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "m.ptz")
         for method in methods:
@@ -101,7 +100,7 @@ def table(args) -> None:
             m.load_state_dict(T.load_artifact(path))
             post = score(m)
             print(f"| {method} | {size:,} | {size / n:.4f} | {how} | {pre:.4f} | {post:.4f} | {post - pre:+.4f} |", flush=True)
-            if method in ("clip", "nvfp4"):
+            if method == "clip":
                 budget = size
 
 

@@ -3,8 +3,7 @@
     python tools/size.py final_model.ptz [--script train_gpt.py] [--by kind]
 
 Columns: parameters, role (unit: int8 rows renormalized on load, no scale; rows: int8 times an fp16 step per row;
-step: those steps; unit4/rows4: NVFP4 codes, e4m3: their block scales, tscale: their tensor scale; raw: fp16), the
-largest |integer| (int8 roles), the order-0 entropy of the values in bits per parameter, the bytes of the tensor
+step: those steps; raw: fp16), the largest |integer| (int8 roles), the order-0 entropy of the values in bits per parameter, the bytes of the tensor
 compressed alone with the artifact's zstd settings, bytes per parameter, and the share of the 16,000,000-byte limit.
 The totals compare the sum of the tensors compressed alone with the file itself (which adds its
 header and frames). With --script, the code bytes are added to the total as the challenge counts them. Exit 0 when the
