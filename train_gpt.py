@@ -350,11 +350,24 @@ def attention(q, k, v, scale: float) -> torch.Tensor:
 INPUT_ROWS = ("o", "down")  # matrices used as y @ W: each stored row belongs to one input feature
 
 
-def note_input(module: nn.Module, name: str, x: torch.Tensor) -> None:
-    """While calibrating (module.hessians is a dict), add the Gram matrix x^T x of a matrix's input: GPTQ's Hessian."""
-    if module.hessians is not None:
-        x = x.detach().reshape(-1, x.size(-1)).float()
-        module.hessians[name] = module.hessians.get(name, 0) + x.T @ x
+def note_input(hessians: dict, name: str, x: torch.Tensor) -> None:
+    """Add the Gram matrix x^T x of a matrix's input (GPTQ's Hessian) to hessians[name]."""
+    x = x.detach().reshape(-1, x.size(-1)).float()
+    hessians[name] = hessians.get(name, 0) + x.T @ x
+
+
+@torch.no_grad()
+def collect_hessians(model: nn.Module, batches, autocast) -> dict[str, torch.Tensor]:
+    """Every block matrix's and the head's input Gram matrix, summed over the (x, y) batches."""
+    hessians = {}
+    model.calibrating(hessians)
+    try:
+        for x, y in batches:
+            with autocast:
+                model(x, y)
+    finally:
+        model.calibrating(None)
+    return hessians
 
 
 class Block(nn.Module):
@@ -383,7 +396,8 @@ class Block(nn.Module):
 
     def mm(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """x times the named matrix: x W^T, or x W for the INPUT_ROWS ones."""
-        note_input(self, self.name + name, x)
+        if self.hessians is not None:  # calibrating
+            note_input(self.hessians, self.name + name, x)
         w = unit(getattr(self, name)) if self.wn else getattr(self, name)
         return x @ w if name in INPUT_ROWS else F.linear(x, w)
 
@@ -439,7 +453,8 @@ class GPT(nn.Module):
         x = unit(self.emb(idx))
         for block in self.blocks:
             x = block(x, self.cos[:T], self.sin[:T])
-        note_input(self, "emb.weight", x)
+        if self.hessians is not None:
+            note_input(self.hessians, "emb.weight", x)
         logits = F.linear(x, self.emb.weight).float() * (self.logit_scale * self.logit_init)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
         return loss if reduction == "mean" else loss.view_as(targets)
@@ -500,10 +515,6 @@ def gptq(w: torch.Tensor, step: torch.Tensor, hessian: torch.Tensor, damp: float
     return Q.T[:, torch.argsort(order)].to(torch.int8)
 
 
-def unit_rows(w: torch.Tensor) -> torch.Tensor:
-    return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
 def rms_step(w: torch.Tensor, lam: float) -> torch.Tensor:
     """lam x each row's RMS, rounded to fp16 (as stored), per row."""
     return (lam * w.square().mean(-1, keepdim=True).sqrt()).half().float().clamp_min(1e-12)
@@ -532,7 +543,7 @@ def quantized_tensors(model: GPT, h, lam: float, hessians: dict | None, bits: di
     for name, kind in blocks + [("emb.weight", "emb")]:
         w = named[name].detach().to(dev).float()
         if kind != "emb":
-            w = unit_rows(w)  # what the forward uses (SPHERE_OPT=wn stores free rows)
+            w = F.normalize(w, dim=-1)  # what the forward uses (SPHERE_OPT=wn stores free rows)
         if bits is not None:
             q, step = quantize_rows(w, bits[kind] if kind != "emb" else h.embed_bits, kind != "emb")
         else:
@@ -552,8 +563,8 @@ def pack_artifact(tensors: list, meta: dict | None = None) -> bytes:
     return ARTIFACT_MAGIC + b"".join(len(f).to_bytes(4, "little") + f for f in frames)
 
 
-def unpack_artifact(data: bytes) -> tuple[list, dict]:
-    """The inverse of pack_artifact: (tensors, meta); raises on any byte that does not fit the format."""
+def artifact_frames(data: bytes) -> list[bytes]:
+    """The compressed frames of an artifact, as stored (header first)."""
     if not data.startswith(ARTIFACT_MAGIC):
         raise ValueError("it does not start with the nGPT artifact header")
     frames, at = [], len(ARTIFACT_MAGIC)
@@ -561,8 +572,14 @@ def unpack_artifact(data: bytes) -> tuple[list, dict]:
         n = int.from_bytes(data[at:at + 4], "little")
         if at + 4 + n > len(data):
             raise ValueError(f"frame {len(frames)} is cut short")
-        frames.append(zstandard.ZstdDecompressor().decompress(data[at + 4:at + 4 + n]))
+        frames.append(data[at + 4:at + 4 + n])
         at += 4 + n
+    return frames
+
+
+def unpack_artifact(data: bytes) -> tuple[list, dict]:
+    """The inverse of pack_artifact: (tensors, meta); raises on any byte that does not fit the format."""
+    frames = [zstandard.ZstdDecompressor().decompress(f) for f in artifact_frames(data)]
     header = json.loads(frames[0])
     if len(frames) != 1 + len(header["tensors"]):
         raise ValueError(f"{len(frames) - 1} tensor frames for {len(header['tensors'])} tensors")
@@ -576,7 +593,7 @@ def dequantize(tensors: list) -> dict[str, torch.Tensor]:
     state = {}
     for name, role, a in tensors:
         t = torch.from_numpy(a.copy()).float()
-        state[name] = unit_rows(t) if role == "unit" else state[name] * t if role == "step" else t
+        state[name] = F.normalize(t, dim=-1) if role == "unit" else state[name] * t if role == "step" else t
     return state
 
 
@@ -870,16 +887,12 @@ class Run:
         """GPTQ's Hessians: GPTQ_BATCHES training micro-batches through the final weights on every rank, each matrix's
         input Gram matrix summed over ranks. It reads training data, so its time is training time (reserved by the stop
         rule: GPTQ_RESERVE_SECONDS)."""
-        h, model = self.h, self.model
+        h = self.h
         self.sync()
         t0 = time.perf_counter()
-        model.calibrating({})
-        for _ in range(h.gptq_batches):
-            x, y = stream.batch(self.train_seqs, h.train_seq_len, self.rank, self.world, self.device)
-            with self.autocast:
-                model(x, y)
-        self.hessians = model.hessians
-        model.calibrating(None)
+        batches = (stream.batch(self.train_seqs, h.train_seq_len, self.rank, self.world, self.device)
+                   for _ in range(h.gptq_batches))
+        self.hessians = collect_hessians(self.model, batches, self.autocast)
         if self.world > 1:
             for t in self.hessians.values():
                 dist.all_reduce(t)

@@ -1,6 +1,7 @@
 """The export: unit rows stored as integers only, the embedding within half a step, GPTQ against round-to-nearest on a
 known Hessian, the calibration hooks, the budget search landing in its window, the clip method, and a container that
 reloads bit-identically or fails with one message."""
+import contextlib
 import copy
 import math
 import re
@@ -12,7 +13,8 @@ import sentencepiece as spm
 import torch
 
 import train_gpt
-from train_gpt import (GPT, MATRIX_KINDS, SIZE_LIMIT, TokenStream, byte_luts, dequantize, evaluate, finest_step, gptq,
+from train_gpt import (GPT, MATRIX_KINDS, SIZE_LIMIT, TokenStream, byte_luts, collect_hessians, dequantize, evaluate,
+                       finest_step, gptq,
                        load_artifact, load_hparams, load_tokens, make_optimizers, pack_artifact, quantized_tensors,
                        shard_files, unpack_artifact, write_artifact)
 
@@ -224,12 +226,8 @@ def trained(tiny_shards):
         model.renorm_()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 1
-    hessians = {}
-    model.calibrating(hessians)
-    with torch.no_grad():
-        for _ in range(4):
-            model(*stream.batch(8, h.train_seq_len, 0, 1, "cpu"))
-    model.calibrating(None)
+    hessians = collect_hessians(model, (stream.batch(8, h.train_seq_len, 0, 1, "cpu") for _ in range(4)),
+                                contextlib.nullcontext())
     val = load_tokens(f"{tiny_shards.data_path}/fineweb_val_*.bin", h.vocab_size)
     luts = byte_luts(spm.SentencePieceProcessor(model_file=tiny_shards.tokenizer_path), h.vocab_size, "cpu")
 

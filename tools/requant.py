@@ -19,6 +19,7 @@ one line on failure, 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -55,15 +56,11 @@ def load_run(log_path: Path, model_path: Path, overrides: dict[str, str]):
 
 
 def hessians_of(model, h) -> dict:
+    """GPTQ's Hessians from GPTQ_BATCHES micro-batches from the start of the training shards."""
     stream = T.TokenStream(T.shard_files(os.path.join(h.data_path, "fineweb_train_*.bin")), h.vocab_size)
     seqs = h.train_batch_tokens // (8 * h.train_seq_len)
-    store = {}
-    model.calibrating(store)
-    with torch.no_grad():
-        for _ in range(h.gptq_batches):
-            model(*stream.batch(seqs, h.train_seq_len, 0, 1, "cpu"))
-    model.calibrating(None)
-    return store
+    batches = (stream.batch(seqs, h.train_seq_len, 0, 1, "cpu") for _ in range(h.gptq_batches))
+    return T.collect_hessians(model, batches, contextlib.nullcontext())
 
 
 def table(args) -> None:

@@ -3,11 +3,12 @@
     python tools/size.py final_model.ptz [--script train_gpt.py] [--by kind]
 
 Columns: parameters, role (unit: int8 rows renormalized on load, no scale; rows: int8 times an fp16 step per row;
-step: those steps; raw: fp16), the largest |integer| (int8 roles), the order-0 entropy of the values in bits per parameter, the bytes of the tensor
-compressed alone with the artifact's zstd settings, bytes per parameter, and the share of the 16,000,000-byte limit.
-The totals compare the sum of the tensors compressed alone with the file itself (which adds its
-header and frames). With --script, the code bytes are added to the total as the challenge counts them. Exit 0 when the
-file loads, 1 with one line when it does not (or the total is over the limit), 2 on bad arguments.
+step: those steps; raw: fp16), the largest |integer| (int8 roles), the order-0 entropy of the values in bits per
+parameter, the tensor's bytes in the file (its zstd frame and the frame's 4-byte length), bytes per parameter, and
+the share of the 16,000,000-byte limit. The totals compare the sum of the tensor frames with the file itself (which
+adds the magic line and the header). With --script, the code bytes are added to the total as the challenge counts
+them. Exit 0 when the file loads, 1 with one line when it does not (or the total is over the limit), 2 on bad
+arguments.
 """
 from __future__ import annotations
 
@@ -17,10 +18,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from train_gpt import SIZE_LIMIT, ZSTD_PARAMS, unpack_artifact  # noqa: E402
+from train_gpt import SIZE_LIMIT, artifact_frames, unpack_artifact  # noqa: E402
 
 
 def entropy_bits(a: np.ndarray) -> float:
@@ -30,22 +30,18 @@ def entropy_bits(a: np.ndarray) -> float:
     return max(0.0, float(-(p * np.log2(p)).sum()))
 
 
-def compressed_alone(a: np.ndarray) -> int:
-    params = zstandard.ZstdCompressionParameters(write_checksum=1, **ZSTD_PARAMS)
-    return len(zstandard.ZstdCompressor(compression_params=params).compress(np.ascontiguousarray(a).tobytes()))
-
-
 def kind_of(name: str) -> str:
     """blocks.3.up -> up; emb.weight -> emb.weight; blocks.0.alpha_attn -> alpha_attn."""
     return name.split(".", 2)[2] if name.startswith("blocks.") else name
 
 
-def rows(tensors: list, by_kind: bool) -> list[dict]:
+def rows(tensors: list, frames: list[bytes], by_kind: bool) -> list[dict]:
+    """One row per tensor (its bytes: its frame in the file and the frame's 4-byte length), or per kind."""
     out = []
-    for name, role, a in tensors:
+    for (name, role, a), frame in zip(tensors, frames[1:]):
         out.append({"name": f"{name} ({role})" if role == "step" else name, "role": role, "params": a.size,
                     "max_int": int(np.abs(a).max()) if role in ("unit", "rows") and a.size else None,
-                    "entropy": entropy_bits(a) if a.size > 1 else 0.0, "bytes": compressed_alone(a), "values": a})
+                    "entropy": entropy_bits(a) if a.size > 1 else 0.0, "bytes": 4 + len(frame), "values": a})
     if not by_kind:
         return out
     groups = defaultdict(list)
@@ -69,7 +65,7 @@ def table(rs: list[dict], file_bytes: int, code_bytes: int | None, meta: dict) -
                      f"{r['bytes'] / SIZE_LIMIT:>6.2%}")
     params, alone = sum(r["params"] for r in rs), sum(r["bytes"] for r in rs)
     lines += ["-" * len(head),
-              f"{'tensors compressed alone':<34} {params:>10,} {'':>6} {'':>6} {alone:>10,} {alone / params:>7.4f} {alone / SIZE_LIMIT:>6.2%}",
+              f"{'tensor frames':<34} {params:>10,} {'':>6} {'':>6} {alone:>10,} {alone / params:>7.4f} {alone / SIZE_LIMIT:>6.2%}",
               f"{'the file':<34} {params:>10,} {'':>6} {'':>6} {file_bytes:>10,} {file_bytes / params:>7.4f} {file_bytes / SIZE_LIMIT:>6.2%}"]
     if code_bytes is not None:
         total = code_bytes + file_bytes
@@ -94,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         tensors, meta = unpack_artifact(data)
+        frames = artifact_frames(data)
     except Exception as e:
         print(f"size.py: {args.artifact} is not a loadable artifact ({type(e).__name__}: {e})", file=sys.stderr)
         return 1
-    print(table(rows(tensors, args.by == "kind"), len(data), code_bytes, meta))
+    print(table(rows(tensors, frames, args.by == "kind"), len(data), code_bytes, meta))
     if code_bytes is not None and code_bytes + len(data) > SIZE_LIMIT:
         print(f"size.py: code + file = {code_bytes + len(data):,} bytes, over the {SIZE_LIMIT:,}-byte limit", file=sys.stderr)
         return 1
