@@ -44,13 +44,16 @@ HPARAMS = dict(
     EMBED_INIT_STD=0.005, QK_GAIN_INIT=1.0, LEAKY_SLOPE=0.5, ALPHA_INIT=0.05,
     MATRIX_LR=0.04, SCALAR_LR=0.01, EMBED_LR=0.05, SPHERE_OPT="retract", MUON_WD=0.0, MUON_MOMENTUM=0.95,
     MUON_MOMENTUM_WARMUP_START=0.85, MUON_MOMENTUM_WARMUP_STEPS=1500, MUON_STEPS=5, BETA1=0.9, BETA2=0.95,
-    EMA_DECAY=0.0, EVAL_SEQ_LEN=0, EVAL_STRIDE=64, EVAL_BATCH_SEQS=32,
+    EVAL_SEQ_LEN=0, EVAL_STRIDE=64, EVAL_BATCH_SEQS=32,
     QUANT_METHOD="gptq", EMBED_STEP_RATIO=0.5, GPTQ_BATCHES=4, GPTQ_DAMP=0.01, GPTQ_RESERVE_SECONDS=8.0,
     TARGET_BYTES_PER_PARAM=0.0,
-    QUANT_BITS=6, EMBED_BITS=8, COMPILE=1,
+    TTT=1, TTT_CHUNK=256, TTT_LR=0.005, TTT_RANK=16, TTT_TARGETS="k,o,up,down,head", TTT_BATCH_DOCS=32,
+    COMPILE=1,
 )
 SIZE_LIMIT = 16_000_000
+FULL_VAL_TOKENS = 63_779_840  # the FineWeb validation split (sp1024), for time projections
 BUDGET_WINDOW = 0.005  # the export fills code + model to at least 99.5% of SIZE_LIMIT
+TTT_KINDS = ("q", "k", "v", "o", "up", "down", "head")  # what test-time training may adapt (TTT_TARGETS)
 
 
 def load_hparams(environ=os.environ) -> SimpleNamespace:
@@ -64,6 +67,7 @@ def load_hparams(environ=os.environ) -> SimpleNamespace:
     h = SimpleNamespace(**h)
     h.run_id = h.run_id or uuid.uuid4().hex[:12]
     h.eval_seq_len = h.eval_seq_len or h.train_seq_len
+    h.ttt_chunk = min(h.ttt_chunk, h.eval_seq_len)
     h.rope_dims = h.rope_dims or h.model_dim // max(h.num_heads, 1)
     return h
 
@@ -79,8 +83,7 @@ def check_config(h, world: int) -> None:
         (h.train_batch_tokens % (8 * h.train_seq_len), f"TRAIN_BATCH_TOKENS={h.train_batch_tokens} does not split into whole "
          f"sequences of TRAIN_SEQ_LEN={h.train_seq_len} over 8 micro-batches (world size x grad accumulation)"),
         (not 0 < h.eval_stride <= h.eval_seq_len, f"EVAL_STRIDE={h.eval_stride} must be in 1..EVAL_SEQ_LEN={h.eval_seq_len}"),
-        (not (4 <= h.quant_bits <= 8 and 4 <= h.embed_bits <= 8), "QUANT_BITS and EMBED_BITS must be in 4..8"),
-        (h.quant_method not in ("gptq", "rtn", "clip"), f"QUANT_METHOD={h.quant_method!r} must be gptq, rtn or clip"),
+        (h.quant_method not in ("gptq", "rtn"), f"QUANT_METHOD={h.quant_method!r} must be gptq or rtn"),
         (h.target_bytes_per_param < 0, f"TARGET_BYTES_PER_PARAM={h.target_bytes_per_param} must be >= 0"),
         (min(h.embed_step_ratio, h.gptq_damp) <= 0 or h.gptq_batches < 1 or h.gptq_reserve_seconds < 0,
          "EMBED_STEP_RATIO and GPTQ_DAMP must be > 0, GPTQ_BATCHES >= 1, GPTQ_RESERVE_SECONDS >= 0"),
@@ -91,9 +94,13 @@ def check_config(h, world: int) -> None:
          "NUM_LAYERS, ITERATIONS, EVAL_BATCH_SEQS must be >= 1, MLP_MULT x MODEL_DIM >= 1"),
         (h.sphere_opt not in ("retract", "wn"), f"SPHERE_OPT={h.sphere_opt!r} must be 'retract' or 'wn'"),
         (h.muon_wd < 0, f"MUON_WD={h.muon_wd} must be >= 0"),
-        (not 0 <= h.ema_decay < 1, f"EMA_DECAY={h.ema_decay} must be in [0, 1)"),
         (not 0 <= h.leaky_slope < 1, f"LEAKY_SLOPE={h.leaky_slope} must be in [0, 1)"),
         (h.embed_init_std <= 0 or h.muon_momentum_warmup_steps < 0, "EMBED_INIT_STD must be > 0, MUON_MOMENTUM_WARMUP_STEPS >= 0"),
+        (h.ttt not in (0, 1), f"TTT={h.ttt} must be 0 or 1"),
+        (h.ttt and (h.ttt_lr < 0 or min(h.ttt_chunk, h.ttt_rank, h.ttt_batch_docs) < 1),
+         "TTT_LR must be >= 0, TTT_CHUNK, TTT_RANK and TTT_BATCH_DOCS >= 1"),
+        (h.ttt and (not h.ttt_targets or not set(h.ttt_targets.split(",")) <= set(TTT_KINDS)),
+         f"TTT_TARGETS={h.ttt_targets!r} must be a comma list of {','.join(TTT_KINDS)}"),
     ]
     for bad, message in problems:
         if bad:
@@ -350,6 +357,13 @@ def attention(q, k, v, scale: float) -> torch.Tensor:
 INPUT_ROWS = ("o", "down")  # matrices used as y @ W: each stored row belongs to one input feature
 
 
+def adapted_norm2(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared row norms (batch, rows) of w + b a for w (rows, d), a (batch, r, d), b (batch, rows, r), without forming
+    it: |w_i|^2 + 2 b_i.(a w_i) + b_i (a a^T) b_i."""
+    return (w.float().square().sum(-1) + 2 * (b * (w @ a.transpose(1, 2))).sum(-1)
+            + ((b @ (a @ a.transpose(1, 2))) * b).sum(-1)).float()
+
+
 def note_input(hessians: dict, name: str, x: torch.Tensor) -> None:
     """Add the Gram matrix x^T x of a matrix's input (GPTQ's Hessian) to hessians[name]."""
     x = x.detach().reshape(-1, x.size(-1)).float()
@@ -394,28 +408,36 @@ class Block(nn.Module):
         self.mlp_gain = nn.Parameter(torch.ones(hidden))
         self.leaky_slope, self.wn = h.leaky_slope, h.sphere_opt == "wn"
 
-    def mm(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """x times the named matrix: x W^T, or x W for the INPUT_ROWS ones."""
+    def mm(self, x: torch.Tensor, name: str, lora: dict | None = None) -> torch.Tensor:
+        """x times the named matrix: x W^T, or x W for the INPUT_ROWS ones; with test-time adapters (lora), each
+        sequence b uses W + B_b A_b with its rows renormalized."""
         if self.hessians is not None:  # calibrating
             note_input(self.hessians, self.name + name, x)
         w = unit(getattr(self, name)) if self.wn else getattr(self, name)
+        if lora is not None and self.name + name in lora:
+            a, b = lora[self.name + name]
+            inv = torch.rsqrt(adapted_norm2(w, a, b)).to(x.dtype)[:, None, :]
+            if name in INPUT_ROWS:
+                x = x * inv
+                return x @ w + (x @ b) @ a
+            return (F.linear(x, w) + (x @ a.transpose(1, 2)) @ b.transpose(1, 2)) * inv
         return x @ w if name in INPUT_ROWS else F.linear(x, w)
 
-    def mlp_hidden(self, x: torch.Tensor) -> torch.Tensor:
+    def mlp_hidden(self, x: torch.Tensor, lora: dict | None = None) -> torch.Tensor:
         """leaky_relu(x W_up * g)^2 (LEAKY_SLOPE 0: relu^2), in the matmul's dtype (bf16 under autocast)."""
-        u = self.mm(x, "up")
+        u = self.mm(x, "up", lora)
         return F.leaky_relu(u * self.mlp_gain.to(u.dtype), self.leaky_slope).square()
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, lora: dict | None = None):
         B, T, _ = x.shape
-        q = self.mm(x, "q").view(B, T, self.heads, self.head_dim)
-        k = self.mm(x, "k").view(B, T, self.kv_heads, self.head_dim)
-        v = self.mm(x, "v").view(B, T, self.kv_heads, self.head_dim)
+        q = self.mm(x, "q", lora).view(B, T, self.heads, self.head_dim)
+        k = self.mm(x, "k", lora).view(B, T, self.kv_heads, self.head_dim)
+        v = self.mm(x, "v", lora).view(B, T, self.kv_heads, self.head_dim)
         q = unit(rope(q, cos, sin)) * (self.q_gain * self.scale).to(q.dtype).view(self.heads, self.head_dim)
         k = unit(rope(k, cos, sin))
-        y = self.mm(attention(q, k, v, self.head_dim ** 0.5).reshape(B, T, -1), "o")
+        y = self.mm(attention(q, k, v, self.head_dim ** 0.5).reshape(B, T, -1), "o", lora)
         x = unit(x + self.alpha_attn.abs() * (self.alpha_init * self.scale) * (unit(y) - x))
-        y = self.mm(self.mlp_hidden(x), "down")
+        y = self.mm(self.mlp_hidden(x, lora), "down", lora)
         return unit(x + self.alpha_mlp.abs() * (self.alpha_init * self.scale) * (unit(y) - x))
 
 
@@ -448,16 +470,123 @@ class GPT(nn.Module):
         norms = torch.cat([p.view(-1, p.size(-1)) for p in mats]).norm(dim=-1, keepdim=True)
         torch._foreach_div_(mats, list(norms.split([p.size(0) for p in mats])))
 
-    def forward(self, idx, targets, reduction: str = "mean"):
+    def forward(self, idx, targets, reduction: str = "mean", lora: dict | None = None):
         T = idx.size(1)
         x = unit(self.emb(idx))
         for block in self.blocks:
-            x = block(x, self.cos[:T], self.sin[:T])
+            x = block(x, self.cos[:T], self.sin[:T], lora)
         if self.hessians is not None:
             note_input(self.hessians, "emb.weight", x)
-        logits = F.linear(x, self.emb.weight).float() * (self.logit_scale * self.logit_init)
+        logits = F.linear(x, self.emb.weight)
+        if lora is not None and "emb.weight" in lora:  # the tied head's adapter (its rows are free: no renorm)
+            a, b = lora["emb.weight"]
+            logits = logits + (x @ a.transpose(1, 2)) @ b.transpose(1, 2)
+        logits = logits.float() * (self.logit_scale * self.logit_init)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
         return loss if reduction == "mean" else loss.view_as(targets)
+
+# ----------------------------------------------------------------------------------------------- test-time training
+# Score first, then adapt: each document (cut at BOS) is read chunk after chunk; a chunk's targets are scored with the
+# document's current adapters, then one Adam step on that chunk's loss moves them. The base weights never change;
+# every document starts from zero adapters, so a document's scores depend on nothing after them.
+
+def documents(tokens: torch.Tensor, bos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(starts, lengths): a document is a BOS and the tokens before the next one; it predicts the tokens after its BOS
+    up to and including the next BOS (the last one: up to the end), so the documents hold every target exactly once."""
+    n_targets = tokens.numel() - 1
+    starts = torch.nonzero(tokens[:-1] == bos).flatten()
+    if starts.numel() == 0 or starts[0] != 0:
+        starts = torch.cat([starts.new_zeros(1), starts])
+    return starts, torch.cat([starts[1:], starts.new_full((1,), n_targets)]) - starts
+
+
+def adapted_names(model: nn.Module, kinds: list[str]) -> list[str]:
+    names = [f"blocks.{i}.{k}" for i in range(len(model.blocks)) for k in kinds if k != "head"]
+    return names + ["emb.weight"] * ("head" in kinds)
+
+
+def evaluate_ttt(model: nn.Module, tokens: torch.Tensor, luts, h, bos: int, autocast, fwd=None,
+                 per_target: torch.Tensor | None = None) -> tuple[float, float, dict]:
+    """(val_loss, val_bpb, info) with test-time training. Documents go to ranks longest first, in batches of
+    TTT_BATCH_DOCS; chunk c of a document scores its targets c*TTT_CHUNK.. from a window of at most EVAL_SEQ_LEN of its
+    tokens, then adapts on them (a rank-TTT_RANK adapter per matrix in TTT_TARGETS). A document whose scores or
+    adapters go non-finite is scored without adaptation from then on (that chunk re-scored) and listed in
+    info["nonfinite"]. per_target (2, N-1), if given, gets each target's nll and count (one rank: the tests)."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    device, C, L = luts[0].device, h.ttt_chunk, h.eval_seq_len
+    starts, lengths = documents(tokens, bos)
+    order = torch.argsort(lengths, descending=True, stable=True)[rank::world]
+    params = dict(model.named_parameters())
+    names = adapted_names(model, h.ttt_targets.split(","))
+    gen = torch.Generator().manual_seed(h.seed)  # one initial A per matrix for every document: scores do not depend on batching
+    init = {n: (torch.randn(h.ttt_rank, params[n].size(1), generator=gen) * params[n].size(1) ** -0.5).to(device)
+            for n in names}
+    sums, bad, window_tokens = torch.zeros(3, dtype=torch.float64, device=device), [], 0
+    grads = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    fwd = fwd or model
+    for first in range(0, len(order), h.ttt_batch_docs):
+        docs = order[first:first + h.ttt_batch_docs]
+        s0, m = starts[docs].to(device), lengths[docs].to(device)
+        lora = {n: (init[n].expand(len(docs), -1, -1).clone().requires_grad_(),
+                    torch.zeros(len(docs), params[n].size(0), h.ttt_rank, device=device, requires_grad=True)) for n in names}
+        opt = torch.optim.Adam([t for pair in lora.values() for t in pair], lr=h.ttt_lr, betas=(0.9, 0.99))
+        keep = torch.ones(len(docs), dtype=torch.bool, device=device)
+        n_chunks = -(-int(m[0]) // C)
+        for c in range(n_chunks):
+            k = int((m > c * C).sum())  # documents still reading (sorted longest first: a prefix)
+            width = min((c + 1) * C, L)
+            window_tokens += k * width
+            end = m[:k].clamp_max((c + 1) * C)
+            pos = (end - width).clamp_min(0)[:, None] + torch.arange(width, device=device)
+            scored = (pos < end[:, None]) & (pos >= c * C)
+            idx = (s0[:k, None] + pos).clamp_max(tokens.numel() - 2)
+            x, y = tokens[idx].long(), tokens[idx + 1].long()
+            adapters = {n: (a[:k], b[:k]) for n, (a, b) in lora.items()}
+            with autocast:
+                nll = fwd(x, y, reduction="none", lora=adapters).float()
+            ok = torch.where(scored, nll, 0).isfinite().all(1)
+            if not ok.all():  # re-score those documents' chunk without adaptation
+                keep[:k] &= ok
+                plain = {n: tuple(torch.where(ok[:, None, None], t, 0) for t in pair) for n, pair in adapters.items()}
+                with torch.no_grad(), autocast:
+                    again = fwd(x, y, reduction="none", lora=plain).float()
+                nll = torch.where(ok[:, None], nll, again)
+            nbytes = luts[0][y] + (luts[1][y] & ~luts[2][x])
+            sums += torch.stack([torch.where(scored, nll.detach().double(), 0).sum(), scored.sum().double(),
+                                 torch.where(scored, nbytes, 0).sum().double()])
+            if per_target is not None:
+                per_target.index_add_(1, idx[scored], torch.stack([nll[scored].detach(), torch.ones_like(nll[scored])]).double())
+            if c == n_chunks - 1:
+                break
+            doc_loss = torch.where(scored, nll, 0).sum(1) / scored.sum(1).clamp_min(1)
+            torch.where(keep[:k], doc_loss, 0).sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for a, b in lora.values():
+                    keep &= a.isfinite().flatten(1).all(1) & b.isfinite().flatten(1).all(1)
+            zero_dropped(lora, keep)
+        bad += docs[~keep.cpu()].tolist()
+    for p, g in zip(model.parameters(), grads):
+        p.requires_grad_(g)
+    if world > 1:
+        dist.all_reduce(sums)
+        gathered = [None] * world
+        dist.all_gather_object(gathered, bad)
+        bad = [d for part in gathered for d in part]
+    loss = (sums[0] / sums[1]).item()
+    info = dict(docs=len(starts), tokens=int(sums[1].item()), bytes=int(sums[2].item()), nonfinite=sorted(bad),
+                window_tokens=window_tokens)  # this rank's forward (+ backward) work
+    return loss, loss / math.log(2) * (sums[1] / sums[2]).item(), info
+
+
+@torch.no_grad()
+def zero_dropped(lora: dict, keep: torch.Tensor) -> None:
+    """Adapters of the documents no longer kept back to zero (no adaptation), whatever they held."""
+    for pair in lora.values():
+        for t in pair:
+            t.copy_(torch.where(keep[:, None, None], t, 0))
 
 # ----------------------------------------------------------------------------------------------- export
 # final_model.ptz = ARTIFACT_MAGIC, then zstd frames (each with its checksum), each after its length (4 bytes, little-
@@ -470,26 +599,7 @@ class GPT(nn.Module):
 ARTIFACT_MAGIC = b"nGPT-artifact-v2\n"
 # "dfast" with 7-byte minimum matches: on int8 weights within 0.2% of zstd level 22, 500x faster (README)
 ZSTD_PARAMS = dict(window_log=20, hash_log=17, chain_log=16, search_log=1, min_match=7, target_length=0, strategy=2)
-MATRIX_KINDS = ("up", "down", "o", "q", "v", "k")  # largest first: the order the clip method lowers bits
-
-
-def quantize_rows(w: torch.Tensor, bits: int, angular: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """QUANT_METHOD=clip: symmetric per-row int quantization; per row, the clip (fraction of max |w|) with the least
-    error wins: angle to the original row when the row is renormalized after dequantization, else squared error."""
-    qmax, w = 2 ** (bits - 1) - 1, w.float()
-    amax = w.abs().amax(-1, keepdim=True).clamp_min(1e-12)
-    best = None
-    for clip in (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6):
-        s = (amax * clip / qmax).half().float()
-        q = (w / s).round().clamp(-qmax, qmax)
-        r = q * s
-        err = -F.cosine_similarity(r, w, dim=-1) if angular else (r - w).square().sum(-1)
-        if best is None:
-            best = [err, q, s]
-        else:
-            better = err < best[0]
-            best = [torch.where(better, err, best[0]), torch.where(better[:, None], q, best[1]), torch.where(better[:, None], s, best[2])]
-    return best[1].to(torch.int8), best[2].half()
+MATRIX_KINDS = ("up", "down", "o", "q", "v", "k")  # the artifact's order: one kind after another
 
 
 def gptq(w: torch.Tensor, step: torch.Tensor, hessian: torch.Tensor, damp: float, block: int = 128) -> torch.Tensor:
@@ -534,9 +644,9 @@ def quantize_matrix(w: torch.Tensor, lam: float, kind: str, hessian: torch.Tenso
     return q, step.half()
 
 
-def quantized_tensors(model: GPT, h, lam: float, hessians: dict | None, bits: dict | None = None) -> list:
-    """[(name, role, array)] in artifact order, grouped by kind of matrix. QUANT_METHOD rtn/gptq: step lam x row RMS
-    for block matrices, EMBED_STEP_RATIO x lam for the embedding; clip: per-row clip at bits[kind], EMBED_BITS."""
+def quantized_tensors(model: GPT, h, lam: float, hessians: dict | None) -> list:
+    """[(name, role, array)] in artifact order, grouped by kind of matrix: step lam x row RMS for block matrices,
+    EMBED_STEP_RATIO x lam for the embedding; GPTQ given Hessians, else round to nearest."""
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     named, out = dict(model.named_parameters()), []
     blocks = [(f"blocks.{i}.{kind}", kind) for kind in MATRIX_KINDS for i in range(len(model.blocks))]
@@ -544,11 +654,8 @@ def quantized_tensors(model: GPT, h, lam: float, hessians: dict | None, bits: di
         w = named[name].detach().to(dev).float()
         if kind != "emb":
             w = F.normalize(w, dim=-1)  # what the forward uses (SPHERE_OPT=wn stores free rows)
-        if bits is not None:
-            q, step = quantize_rows(w, bits[kind] if kind != "emb" else h.embed_bits, kind != "emb")
-        else:
-            ratio = h.embed_step_ratio if kind == "emb" else 1.0
-            q, step = quantize_matrix(w, lam * ratio, kind, None if hessians is None else hessians[name], h.gptq_damp)
+        ratio = h.embed_step_ratio if kind == "emb" else 1.0
+        q, step = quantize_matrix(w, lam * ratio, kind, None if hessians is None else hessians[name], h.gptq_damp)
         out.append((name, "unit" if kind != "emb" else "rows", q.cpu().numpy()))
         if kind == "emb":
             out.append((name, "step", step.cpu().numpy()))
@@ -638,21 +745,8 @@ def finest_step(model: GPT, h) -> float:
     return worst / 127
 
 
-def export_by_clip(model: GPT, h, hi: int) -> tuple[bytes, str]:
-    """QUANT_METHOD=clip: QUANT_BITS everywhere; while over hi bytes, one kind of matrix at a time loses a bit
-    (largest first, down to 4)."""
-    bits = dict.fromkeys(MATRIX_KINDS, h.quant_bits)
-    while True:
-        meta = {"method": "clip", "bits": bits, "embed_bits": h.embed_bits}
-        data = pack_artifact(quantized_tensors(model, h, 0.0, None, bits), meta)
-        kind = max(bits, key=bits.get)
-        if len(data) <= hi or bits[kind] == 4:
-            return data, "bits " + " ".join(f"{k}:{b}" for k, b in bits.items()) + f" embed:{h.embed_bits}"
-        bits[kind] -= 1
-
-
 def export_by_rate(model: GPT, h, lo: int, hi: int, hessians: dict | None) -> tuple[bytes, str]:
-    """QUANT_METHOD=rtn/gptq: the step multiple that fills [lo, hi], searched with round-to-nearest (cheap), then,
+    """The step multiple that fills [lo, hi], searched with round-to-nearest (cheap), then,
     given Hessians, refined with GPTQ (each try a full GPTQ pass)."""
     def encode(lam, hessians=None):
         meta = {"method": "gptq" if hessians else "rtn", "step": lam, "embed_step": lam * h.embed_step_ratio}
@@ -676,10 +770,7 @@ def write_artifact(model: GPT, path: str, h, lo: int, hi: int, hessians: dict | 
     """Quantize with QUANT_METHOD to between lo and hi bytes (at most hi), write `path` (via a temporary file), log
     how; returns its bytes."""
     t0 = time.perf_counter()
-    if h.quant_method == "clip":
-        data, what = export_by_clip(model, h, hi)
-    else:
-        data, what = export_by_rate(model, h, lo, hi, hessians if h.quant_method == "gptq" else None)
+    data, what = export_by_rate(model, h, lo, hi, hessians if h.quant_method == "gptq" else None)
     with open(path + ".tmp", "wb") as f:
         f.write(data)
     os.replace(path + ".tmp", path)
@@ -757,6 +848,7 @@ class Run:
                            broadcast_buffers=False) if world > 1 else self.compiled
         self.optimizers = make_optimizers(self.model, h)
         self.val_tokens, self.luts = val_tokens.to(device), byte_luts(sp, h.vocab_size, device)
+        self.bos = sp.bos_id()
         self.val_seqs = max(1, h.val_batch_size // (world * h.train_seq_len))
         self.train_seqs = h.train_batch_tokens // (8 * h.train_seq_len)  # per micro-batch per rank
         reserve = h.gptq_reserve_seconds if h.quant_method == "gptq" else 0.0  # GPTQ's calibration is training time
@@ -784,7 +876,7 @@ class Run:
         """Non-overlapping windows of TRAIN_SEQ_LEN: the periodic validation and the quantization gap."""
         return self.val(self.h.train_seq_len, self.val_seqs, self.h.train_seq_len)
 
-    def train_step(self, stream: TokenStream, step: int, lr_mul: float, ema=None) -> torch.Tensor:
+    def train_step(self, stream: TokenStream, step: int, lr_mul: float) -> torch.Tensor:
         h, model = self.h, self.model
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.accum):
@@ -801,8 +893,6 @@ class Run:
             opt.zero_grad(set_to_none=True)
         if h.sphere_opt == "retract":
             model.renorm_()
-        if ema is not None:
-            torch._foreach_lerp_(ema, list(model.parameters()), 1 - h.ema_decay)
         return loss_sum
 
     def lr_mul(self, step: int, elapsed_ms: float) -> float:
@@ -829,20 +919,14 @@ class Run:
 
     def train(self, train_files: list[str]) -> tuple[float, float]:
         """Train until ITERATIONS or the wall clock; returns the final (val_loss, val_bpb) of the weights to export."""
-        h, model = self.h, self.model
+        h = self.h
         stream = TokenStream(train_files, h.vocab_size, pin=self.cuda)
-        ema = [p.detach().clone() for p in model.parameters()] if h.ema_decay > 0 else None
         cap_ms = self.cap_ms
         train_ms, step, stop = 0.0, 0, False
         self.sync()
         t0 = time.perf_counter()
         while True:
             last = step == h.iterations or stop
-            if last and ema is not None:  # the average of the weights is what gets exported and scored
-                with torch.no_grad():
-                    torch._foreach_copy_(list(model.parameters()), ema)
-                model.renorm_()
-                self.log(f"ema: weights replaced by their exponential average (EMA_DECAY={h.ema_decay}), rows renormalized")
             if last or (h.val_loss_every > 0 and step > 0 and step % h.val_loss_every == 0):
                 self.sync()
                 train_ms += 1000 * (time.perf_counter() - t0)
@@ -855,7 +939,7 @@ class Run:
                 if h.quant_method == "gptq":
                     self.calibrate(stream, train_ms)
                 return val_loss, val_bpb
-            loss = self.train_step(stream, step, self.lr_mul(step, train_ms + 1000 * (time.perf_counter() - t0)), ema)
+            loss = self.train_step(stream, step, self.lr_mul(step, train_ms + 1000 * (time.perf_counter() - t0)))
             step += 1
             self.sync()
             elapsed = train_ms + 1000 * (time.perf_counter() - t0)
@@ -952,7 +1036,27 @@ class Run:
         self.sync()
         self.log(f"final_roundtrip val_loss:{s_loss:.4f} val_bpb:{s_bpb:.4f} eval_time:{1000 * (time.perf_counter() - t0):.0f}ms")
         self.log(f"final_roundtrip_exact val_loss:{s_loss:.8f} val_bpb:{s_bpb:.8f}")
+        if h.ttt:
+            self.score_ttt(s_bpb)
         self.log(f"eval_phase_time:{1000 * (time.perf_counter() - t_eval):.0f}ms")
+
+    def score_ttt(self, plain_bpb: float) -> None:
+        """The score with test-time training (the run's final score), next to the plain sliding-window one; its time
+        and that time scaled to the full validation split (FULL_VAL_TOKENS) on 8 devices like this one."""
+        h = self.h
+        fwd = torch.compile(self.model, dynamic=True, fullgraph=True) if self.cuda and h.compile else self.model
+        self.sync()
+        t0 = time.perf_counter()
+        loss, bpb, info = evaluate_ttt(self.model, self.val_tokens, self.luts, h, self.bos, self.autocast, fwd)
+        self.sync()
+        ms = 1000 * (time.perf_counter() - t0)
+        self.log(f"final_ttt_roundtrip val_loss:{loss:.4f} val_bpb:{bpb:.4f} eval_time:{ms:.0f}ms")
+        self.log(f"final_ttt_roundtrip_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f}")
+        full_s = ms / 1000 * FULL_VAL_TOKENS / self.val_tokens.numel() * self.world / 8
+        self.log(f"ttt gain_bpb:{bpb - plain_bpb:.4f} docs:{info['docs']} tokens:{info['tokens']} time:{ms:.0f}ms "
+                 f"full_split_8x_this_device:{full_s:.0f}s")
+        bad = info["nonfinite"]
+        self.log(f"ttt_nonfinite_docs:{len(bad)}" + (f" first:{','.join(map(str, bad[:20]))}" if bad else ""))
 
     def close(self) -> None:
         if self.world > 1:

@@ -75,7 +75,7 @@ def official_tokenizer():
 
 TINY_RUN = {"NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "TRAIN_SEQ_LEN": "64",
             "TRAIN_BATCH_TOKENS": "4096", "ITERATIONS": "40", "WARMUP_STEPS": "2", "WARMDOWN_ITERS": "10",
-            "MUON_MOMENTUM_WARMUP_STEPS": "10", "EMA_DECAY": "0.9",
+            "MUON_MOMENTUM_WARMUP_STEPS": "10",
             "VAL_LOSS_EVERY": "20", "TRAIN_LOG_EVERY": "10", "EVAL_STRIDE": "16", "MAX_WALLCLOCK_SECONDS": "0"}
 
 

@@ -1,4 +1,4 @@
-"""tools/bench.py on CPU with tiny shapes: the standard model's shapes, the CLI's train and eval modes, its errors.
+"""tools/bench.py on CPU with tiny shapes: the standard model's shapes, the CLI's train, eval and ttt modes, its errors.
 Only that the numbers exist is checked here; their values come from the benchmark on real hardware."""
 import json
 import math
@@ -62,6 +62,17 @@ def test_eval_mode_projects_the_validation_time():
     assert out["mode"] == "eval" and out["eval_tokens"] == 1024 and out["tokens_per_s"] > 0
     assert out["projected_s"] == pytest.approx(63_779_840 / (8 * out["tokens_per_s"]))
     assert out["under_600s"] == (out["projected_s"] < 600) and "projected full validation" in run.stdout
+
+
+def test_ttt_mode_projects_and_prices_in_training_tokens():
+    run = bench("--mode", "ttt", "--device", "cpu", "--steps", "2", "--warmup", "1", "--batch-tokens", "512",
+                "--eval-tokens", "2048", "--doc-tokens", "300")
+    assert run.returncode == 0, run.stderr
+    out = last_json(run.stdout)
+    assert out["mode"] == "ttt" and out["eval_tokens"] == 2048 and out["docs"] > 2
+    assert out["projected_s"] == pytest.approx(63_779_840 / (8 * out["tokens_per_s"]))
+    assert out["ttt_cost_in_train_tokens"] == pytest.approx(out["train_tokens_per_s"] / out["tokens_per_s"])
+    assert "one TTT token costs" in run.stdout
 
 
 def test_help_and_bad_arguments():

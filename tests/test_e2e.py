@@ -14,6 +14,7 @@ import pytest
 import sentencepiece as spm
 
 from tools.runlog import parse_log
+from conftest import TINY_VAL_DOCS
 from train_gpt import SIZE_LIMIT, byte_luts, load_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,8 +60,16 @@ def test_tiny_two_rank_run(cpu_runs, tiny_shards):
     final = re.search(r"(?m)^final_roundtrip val_loss:\d+\.\d{4} val_bpb:(\d+\.\d{4}) eval_time:\d+ms$", body)
     exact = re.search(r"(?m)^final_roundtrip_exact val_loss:\d+\.\d{8} val_bpb:(\d+\.\d{8})$", body)
     assert re.search(r"(?m)^eval_phase_time:\d+ms$", body) and "error" not in body
-    bpb = float(exact.group(1))
-    assert abs(float(final.group(1)) - bpb) <= 5e-5
+    assert abs(float(final.group(1)) - float(exact.group(1))) <= 5e-5
+    # TTT (on by default) on two ranks: its score follows the plain one and is the run's score
+    ttt = re.search(r"(?m)^final_ttt_roundtrip val_loss:\d+\.\d{4} val_bpb:(\d+\.\d{4}) eval_time:\d+ms$", body)
+    ttt_exact = re.search(r"(?m)^final_ttt_roundtrip_exact val_loss:\d+\.\d{8} val_bpb:(\d+\.\d{8})$", body)
+    gain = re.search(r"(?m)^ttt gain_bpb:(-?\d+\.\d{4}) docs:(\d+) tokens:(\d+) time:\d+ms "
+                     r"full_split_8x_this_device:\d+s$", body)
+    assert ttt and ttt_exact and gain and re.search(r"(?m)^ttt_nonfinite_docs:0$", body)
+    bpb = float(ttt_exact.group(1))
+    assert abs(float(gain.group(1)) - (bpb - float(exact.group(1)))) <= 1e-4
+    assert int(gain.group(2)) == TINY_VAL_DOCS and parse_log(run["log"])["final_exact"]["val_bpb"] == bpb
 
     # a uniform guess costs log2(vocab) bits per token; per byte with the validation tokens/bytes ratio
     tokens = load_tokens(f"{tiny_shards.data_path}/fineweb_val_*.bin").long()
@@ -84,7 +93,7 @@ CASES = {
 }
 DETERMINISM = {"same_seed_a": ({"SEED": "7"}, 1, None), "same_seed_b": ({"SEED": "7"}, 1, None)}
 # every recipe option away from its default at once, on 2 ranks
-OPTIONS = {"options": ({"SPHERE_OPT": "wn", "MUON_WD": "0.04", "EMA_DECAY": "0.9", "LEAKY_SLOPE": "0.5",
+OPTIONS = {"options": ({"SPHERE_OPT": "wn", "MUON_WD": "0.04", "LEAKY_SLOPE": "0.5",
                         "MUON_MOMENTUM_WARMUP_STEPS": "5", "QK_GAIN_INIT": "5", "ROPE_DIMS": "8"}, 2, None),
            "target": ({"QUANT_METHOD": "rtn", "TARGET_BYTES_PER_PARAM": "0.5"}, 2, None)}
 
@@ -172,7 +181,7 @@ def test_every_recipe_option_runs_on_two_ranks(launched):
     run = launched["options"]
     assert run.codes == [0, 0], run.err[0][-3000:] + run.err[1][-3000:]
     log = (run.cwd / "logs" / "options.txt").read_text()
-    for line in ("hparam SPHERE_OPT=wn", "hparam EMA_DECAY=0.9", "ema: weights replaced by their exponential average"):
+    for line in ("hparam SPHERE_OPT=wn", "hparam QK_GAIN_INIT=5.0", "hparam ROPE_DIMS=8"):
         assert line in log, line
     final = re.search(r"(?m)^final_roundtrip_exact val_loss:\S+ val_bpb:(\S+)$", log)
     assert final and math.isfinite(float(final.group(1))) and not re.search(r"(?m)^error:", log)

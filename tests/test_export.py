@@ -1,5 +1,5 @@
 """The export: unit rows stored as integers only, the embedding within half a step, GPTQ against round-to-nearest on a
-known Hessian, the calibration hooks, the budget search landing in its window, the clip method, and a container that
+known Hessian, the calibration hooks, the budget search landing in its window, and a container that
 reloads bit-identically or fails with one message."""
 import contextlib
 import copy
@@ -181,30 +181,6 @@ def test_a_model_too_small_for_the_budget_stops_at_the_finest_step(tmp_path):
     lam = float(re.search(r"step:(\S+)xRMS", lines[0]).group(1))
     assert size < SIZE_LIMIT * 0.9 and lam == pytest.approx(finest_step(model, h), rel=1e-3)
     assert "below the budget window" in lines[0]
-
-
-def test_clip_method_lowers_bits_until_it_fits(tmp_path):
-    h, model = tiny_model(QUANT_METHOD="clip")
-    path = str(tmp_path / "final_model.ptz")
-    sizes = {}
-    for b in (6, 5, 4):
-        bits = dict.fromkeys(MATRIX_KINDS, b)
-        sizes[b] = len(pack_artifact(quantized_tensors(model, h, 0.0, None, bits), {"method": "clip", "bits": bits, "embed_bits": 8}))
-    print("artifact bytes by bits:", sizes)
-    assert sizes[6] > sizes[5] > sizes[4]
-
-    def bits_for(budget):
-        lines = []
-        size = write_artifact(model, path, h, 0, budget, None, lines.append)
-        return size, dict(re.findall(r"(\w+):(\d)\b", lines[0].split("bits ", 1)[1].split(" model_bytes")[0]))
-
-    size, bits = bits_for(sizes[6])
-    assert size == sizes[6] and {bits[k] for k in MATRIX_KINDS} == {"6"} and bits["embed"] == "8"
-    size, bits = bits_for((sizes[6] + sizes[5]) // 2)  # fits once some kinds, largest first, have lost a bit
-    lowered = [k for k in MATRIX_KINDS if bits[k] == "5"]
-    assert size <= (sizes[6] + sizes[5]) // 2 and lowered == list(MATRIX_KINDS[:len(lowered)]) and lowered[0] == "up"
-    size, bits = bits_for(sizes[4] - 1)  # nothing fits: 4 bits, and main() says it is too large
-    assert size == sizes[4] and {bits[k] for k in MATRIX_KINDS} == {"4"}
 
 
 @pytest.fixture(scope="module")

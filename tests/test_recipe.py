@@ -113,7 +113,6 @@ def test_momentum_warms_up_linearly():
 @pytest.mark.parametrize("env, message", [
     ({"SPHERE_OPT": "riemann"}, "SPHERE_OPT='riemann' must be 'retract' or 'wn'"),
     ({"MUON_WD": "-0.04"}, "MUON_WD=-0.04 must be >= 0"),
-    ({"EMA_DECAY": "1.0"}, r"EMA_DECAY=1.0 must be in \[0, 1\)"),
     ({"LEAKY_SLOPE": "-0.5"}, r"LEAKY_SLOPE=-0.5 must be in \[0, 1\)"),
 ])
 def test_check_config_rejects_bad_recipe_options(env, message):

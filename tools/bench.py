@@ -2,6 +2,8 @@
 
   python tools/bench.py                       # train: ms/step, tokens/s, MFU of both models and the ratio nGPT/standard
   python tools/bench.py --mode eval --gpus 8  # eval: sliding-window tokens/s and the projected time for the val split
+  python tools/bench.py --mode ttt            # test-time training: tokens/s, the projected time, and its cost against
+                                              # a training step's per token (to carry a GPU's training speed over)
 
 Shapes and settings come from the same environment variables as train_gpt.py (NUM_LAYERS, MODEL_DIM, ...).
 Both models train with Muon (block matrices) + Adam (embedding, scalars), bf16 autocast and torch.compile on CUDA,
@@ -192,11 +194,63 @@ def bench_eval(args, h, device) -> dict:
     return out
 
 
+def synthetic_docs(n_tokens: int, mean: float, vocab: int, seed: int) -> torch.Tensor:
+    """Random tokens cut into documents (BOS = 1) of exponentially distributed lengths with the given mean."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(2, vocab, (n_tokens + 1,), generator=g, dtype=torch.int32)
+    at = 0
+    while at < n_tokens:
+        tokens[at] = 1
+        at += 1 + int(torch.empty(()).exponential_(1 / mean, generator=g))
+    return tokens
+
+
+def bench_ttt(args, h, device) -> dict:
+    """evaluate_ttt on synthetic documents (mean length --doc-tokens: the FineWeb split's by default), and one training
+    step of nGPT (its train mode) per token, both on this device: their ratio carries a GPU's measured training speed
+    over to TTT."""
+    cuda = device.type == "cuda"
+    torch.manual_seed(h.seed)
+    model = train_gpt.GPT(h).to(device)
+    step = train_step_fn(model, h, device, args.batch_tokens, args.compile)
+    for _ in range(args.warmup):
+        step()
+    step_ms = float(np.median(timed(step, args.steps, cuda)))
+    model = train_gpt.GPT(h).to(device)
+    fwd = torch.compile(model, dynamic=True, fullgraph=True) if args.compile else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
+    no = torch.zeros(h.vocab_size, dtype=torch.bool, device=device)
+    luts = (torch.ones(h.vocab_size, dtype=torch.int64, device=device), no, no)
+    tokens = synthetic_docs(args.eval_tokens, args.doc_tokens, h.vocab_size, h.seed).to(device)
+    t0 = time.perf_counter()
+    train_gpt.evaluate_ttt(model, tokens[:min(len(tokens), 4 * h.eval_seq_len)], luts, h, 1, autocast, fwd)  # warm-up
+    warmup_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _, _, info = train_gpt.evaluate_ttt(model, tokens, luts, h, 1, autocast, fwd)
+    seconds = time.perf_counter() - t0
+    tok_s, train_tok_s = info["tokens"] / seconds, args.batch_tokens / (step_ms / 1000)
+    projected = VAL_TOKENS / (tok_s * args.gpus)
+    out = dict(eval_tokens=info["tokens"], docs=info["docs"], doc_tokens=args.doc_tokens, seconds=seconds,
+               window_tokens_per_token=info["window_tokens"] / info["tokens"],
+               warmup_s=warmup_s, tokens_per_s=tok_s, train_step_ms=step_ms, train_tokens_per_s=train_tok_s,
+               ttt_cost_in_train_tokens=train_tok_s / tok_s, val_tokens=VAL_TOKENS, gpus=args.gpus, projected_s=projected,
+               projection="linear in tokens and in GPUs; on a GPU other than the one measured: VAL_TOKENS x "
+                          "ttt_cost_in_train_tokens / (that GPU's training tokens/s x GPUs)")
+    print(f"ttt: {info['tokens']:,} tokens in {info['docs']} documents (mean {args.doc_tokens:g}) in {seconds:.2f} s = "
+          f"{tok_s:,.0f} tokens/s (TTT_CHUNK={h.ttt_chunk} EVAL_SEQ_LEN={h.eval_seq_len} TTT_RANK={h.ttt_rank} "
+          f"TTT_TARGETS={h.ttt_targets} TTT_BATCH_DOCS={h.ttt_batch_docs}); warm-up {warmup_s:.1f} s; "
+          f"{info['window_tokens'] / info['tokens']:.2f} window tokens of forward + backward per scored token")
+    print(f"training: {step_ms:.1f} ms/step of {args.batch_tokens:,} tokens = {train_tok_s:,.0f} tokens/s; "
+          f"one TTT token costs {train_tok_s / tok_s:.2f} training tokens")
+    print(f"projected full validation ({VAL_TOKENS:,} tokens) on {args.gpus} devices like this one: {projected:.1f} s")
+    return out
+
+
 def parse_args(argv, h):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=f"MFU: {FLOP_FORMULA}.")
     p.error = lambda message: (print(f"bench.py: error: {message}", file=sys.stderr), sys.exit(2))
     arg = p.add_argument
-    arg("--mode", choices=("train", "eval"), default="train")
+    arg("--mode", choices=("train", "eval", "ttt"), default="train")
     arg("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     arg("--compile", type=int, choices=(0, 1), help="torch.compile the models (default: COMPILE on CUDA, 0 on CPU)")
     arg("--steps", type=int, default=50, help="measured training steps per model")
@@ -205,7 +259,9 @@ def parse_args(argv, h):
     arg("--batch-tokens", type=int, default=h.train_batch_tokens // 8, help="tokens per step (default TRAIN_BATCH_TOKENS/8)")
     arg("--peak-tflops", type=float, default=989.0, help="peak dense bf16 TFLOP/s for MFU (H100 SXM: 989)")
     arg("--eval-tokens", type=int, help="eval mode: tokens scored (default 2,000,000 on GPU, 16,384 on CPU)")
-    arg("--gpus", type=int, default=8, help="eval mode: GPUs in the projection")
+    arg("--gpus", type=int, default=8, help="eval and ttt modes: GPUs in the projection")
+    arg("--doc-tokens", type=float, default=VAL_TOKENS / 50_000, help="ttt mode: mean document length (default: the "
+        "FineWeb split's, 63,779,840 tokens in 50,000 documents)")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -250,7 +306,7 @@ def main(argv=None) -> None:
     shape.update(dict(batch_tokens=args.batch_tokens) if args.mode == "train" else
                  dict(eval_seq_len=h.eval_seq_len, eval_stride=h.eval_stride, eval_batch_seqs=h.eval_batch_seqs))
     print(" ".join(f"{k}={v}" for k, v in {**run, **shape}.items()), flush=True)
-    out = bench_train(args, h, device) if args.mode == "train" else bench_eval(args, h, device)
+    out = dict(train=bench_train, eval=bench_eval, ttt=bench_ttt)[args.mode](args, h, device)
     print(json.dumps(dict(run, shape=shape, **out)))
 
 

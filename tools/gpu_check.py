@@ -69,7 +69,7 @@ TINY_BENCH = ["--device", "cpu", "--steps", "3", "--warmup", "1", "--batch-token
 TINY_BENCH_EVAL = ["--mode", "eval", "--device", "cpu", "--warmup", "1", "--eval-tokens", "1024"]
 TINY_TRAIN = dict(TINY_SHAPE, TRAIN_BATCH_TOKENS="4096", ITERATIONS="8", WARMUP_STEPS="1", WARMDOWN_ITERS="4",
                   VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="1", EVAL_STRIDE="32", EVAL_BATCH_SEQS="32",
-                  VAL_BATCH_SIZE="65536", MUON_MOMENTUM_WARMUP_STEPS="4", EMA_DECAY="0.5")
+                  VAL_BATCH_SIZE="65536", MUON_MOMENTUM_WARMUP_STEPS="4")
 
 
 # ----------------------------------------------------------------------------------------------- steps

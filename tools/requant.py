@@ -6,9 +6,8 @@
 table: loads the weights train_gpt.py saved (final_model.pt) into the run's model (shape and data from the hparam
 lines of its log), collects GPTQ's Hessians from GPTQ_BATCHES training batches, and for each method writes an artifact
 at equal bytes, reloads it and prints bytes, bytes per parameter, val_bpb before and after, and the gap (plain
-windows of TRAIN_SEQ_LEN). clip6 is the per-row clip at int6 (int8 embedding) whatever its size; clip lowers bits
-until it fits --bytes-per-param x parameters; rtn and gptq search the step to land within 0.5% below clip's bytes
-(below the budget when clip is not among the methods).
+windows of TRAIN_SEQ_LEN). rtn and gptq search the step to land within 0.5% below --bytes-per-param x parameters.
+(The per-row clip method this table once compared left train_gpt.py after losing: README, "The artifact".)
 
 standin: builds the model of the current defaults (train_gpt.py's HPARAMS, then --env), fills its matrices with values
 drawn from the trained weights (each kind of block matrix from the same kind, standardized by row RMS; the embedding
@@ -34,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import train_gpt as T  # noqa: E402
 from runlog import parse_log  # noqa: E402
 
-METHODS = ("clip6", "clip", "rtn", "gptq")
+METHODS = ("rtn", "gptq")
 
 
 class Failure(Exception):
@@ -83,22 +82,18 @@ def table(args) -> None:
     print(f"{n:,} parameters, budget {budget:,} bytes ({args.bytes_per_param} B/param); pre-quantization val_bpb "
           f"{pre:.4f} on {len(val) - 1:,} tokens; Hessians in {time.perf_counter() - t0:.1f}s", flush=True)
     print(f"| method | model bytes | B/param | how | val_bpb before | after | gap |\n|---|---|---|---|---|---|---|")
-    methods = sorted(args.methods, key=METHODS.index)  # clip before rtn and gptq, which match its bytes
+    methods = sorted(args.methods, key=METHODS.index)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "m.ptz")
         for method in methods:
-            h.quant_method = "clip" if method.startswith("clip") else method
-            lines = []
-            hi = 10 ** 12 if method == "clip6" else budget
-            size = T.write_artifact(model, path, h, 0 if method.startswith("clip") else int(budget * (1 - T.BUDGET_WINDOW)), hi,
+            h.quant_method, lines = method, []
+            size = T.write_artifact(model, path, h, int(budget * (1 - T.BUDGET_WINDOW)), budget,
                                     hessians if method == "gptq" else None, lines.append)
             how = lines[0].split(f"method:{h.quant_method} ", 1)[1].split(" model_bytes")[0]
             m = T.GPT(h)
             m.load_state_dict(T.load_artifact(path))
             post = score(m)
             print(f"| {method} | {size:,} | {size / n:.4f} | {how} | {pre:.4f} | {post:.4f} | {post - pre:+.4f} |", flush=True)
-            if method == "clip":
-                budget = size
 
 
 def standin(args) -> None:

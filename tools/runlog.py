@@ -68,7 +68,8 @@ def parse_log(path: str | Path) -> dict:
     GPTQ's calibration as training), calibration_ms, step_avg_ms (from the last step line),
     stopping_early, pre_quant, roundtrip_plain, final_roundtrip {val_loss, val_bpb,
     eval_time_ms}, final_exact {val_loss, val_bpb}, quant_gap_bpb, eval_phase_time_ms,
-    eval_time_ms (eval_phase_time, else the final_roundtrip eval_time),
+    eval_time_ms (eval_phase_time, else the sum of the eval_time of every final_..._roundtrip line: the plain score
+    and, with TTT, the score after it),
     submission_bytes {code, model, total, limit}, errors [lines], nonfinite [lines].
     """
     path = Path(path)
@@ -82,6 +83,7 @@ def parse_log(path: str | Path) -> dict:
         "quant_gap_bpb": None, "eval_phase_time_ms": None, "submission_bytes": None,
         "errors": [], "nonfinite": [],
     }
+    final_ms = []
     for line in body.splitlines():
         line = line.strip()
         f = _fields(line)
@@ -119,11 +121,11 @@ def parse_log(path: str | Path) -> dict:
                 log["final_exact"] = _scores(f)
             else:
                 log["final_roundtrip"] = {**_scores(f), "eval_time_ms": _num(f.get("eval_time"))}
+                final_ms.append(_num(f.get("eval_time")))
         elif line.partition(":")[0] in _HEADER:
             for key, conv in _HEADER.items():
                 if key in f:
                     log["eval_phase_time_ms" if key == "eval_phase_time" else key] = conv(f[key])
-    fr = log["final_roundtrip"]
     log["eval_time_ms"] = log["eval_phase_time_ms"] if log["eval_phase_time_ms"] is not None else (
-        fr["eval_time_ms"] if fr else None)
+        None if not final_ms or None in final_ms else sum(final_ms))
     return log

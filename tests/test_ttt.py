@@ -1,0 +1,200 @@
+"""Score-first test-time training: causality (a token's score depends on nothing after it), every target scored
+exactly once with the plain evaluation's bytes, adapted matrices with unit rows, and the non-finite guard."""
+import math
+
+import pytest
+import torch
+
+import train_gpt
+from train_gpt import GPT, adapted_norm2, documents, evaluate, evaluate_ttt, load_hparams
+
+BOS, VOCAB = 1, 64
+TINY = dict(VOCAB_SIZE=str(VOCAB), NUM_LAYERS="2", MODEL_DIM="32", NUM_HEADS="2", NUM_KV_HEADS="1",
+            TRAIN_SEQ_LEN="48", EVAL_STRIDE="16", TTT_CHUNK="16", TTT_LR="0.05", TTT_RANK="2", TTT_BATCH_DOCS="3",
+            TTT_TARGETS="q,k,v,o,up,down,head")
+
+
+def tiny(**env):
+    h = load_hparams({**TINY, **{k: str(v) for k, v in env.items()}})
+    torch.manual_seed(0)
+    model = GPT(h)
+    with torch.no_grad():  # a trained-looking embedding: logits that depend on the input
+        model.emb.weight.normal_(0, 0.5)
+    return h, model
+
+
+def stream(n=700, seed=0):
+    """Random tokens with a BOS every 20 to 150 tokens (the first token too), so documents span 1 to 10 chunks and
+    some are longer than the window."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(2, VOCAB, (n,), generator=g)
+    i = 0
+    while i < n:
+        tokens[i] = BOS
+        i += int(torch.randint(20, 150, (), generator=g))
+    return tokens
+
+
+def luts():
+    g = torch.Generator().manual_seed(3)
+    return (torch.randint(0, 5, (VOCAB,), generator=g), torch.rand(VOCAB, generator=g) < 0.5,
+            torch.rand(VOCAB, generator=g) < 0.2)
+
+
+def scores(h, model, tokens, **kw):
+    per_target = torch.zeros(2, tokens.numel() - 1, dtype=torch.float64)
+    loss, bpb, info = evaluate_ttt(model, tokens, luts(), h, BOS, torch.autocast("cpu", enabled=False),
+                                   per_target=per_target, **kw)
+    return loss, bpb, info, per_target
+
+
+def test_documents_cover_every_target_once():
+    tokens = stream()
+    starts, lengths = documents(tokens, BOS)
+    covered = torch.zeros(tokens.numel() - 1, dtype=torch.long)
+    for s, m in zip(starts.tolist(), lengths.tolist()):
+        assert tokens[s] == BOS and m >= 1
+        covered[s:s + m] += 1
+    assert (covered == 1).all()
+    no_bos_first = tokens.clone()
+    no_bos_first[0] = 5
+    assert documents(no_bos_first, BOS)[0][0] == 0
+    assert documents(torch.tensor([3, 4, 5, 6]), BOS)[1].tolist() == [3]  # no BOS at all: one document
+
+
+def test_every_target_once_with_plain_bytes_and_adaptation_helps_repetition():
+    h, model = tiny()
+    tokens = stream()
+    loss, bpb, info, per_target = scores(h, model, tokens)
+    assert (per_target[1] == 1).all()
+    assert info["tokens"] == tokens.numel() - 1 and info["nonfinite"] == []
+    base, space, boundary = luts()
+    x, y = tokens[:-1], tokens[1:]
+    assert info["bytes"] == int((base[y] + (space[y] & ~boundary[x])).sum())
+    assert loss == pytest.approx(per_target[0].mean().item(), rel=1e-9)
+    assert bpb == pytest.approx(loss / math.log(2) * info["tokens"] / info["bytes"], rel=1e-9)
+    # TTT_LR=0: nothing adapts, and the scores are the model's own within each document
+    frozen, _ = tiny(TTT_LR=0)
+    _, _, _, still = scores(frozen, model, tokens)
+    starts, lengths = documents(tokens, BOS)
+    s, m = starts[1].item(), min(lengths[1].item(), h.eval_seq_len)
+    with torch.no_grad():
+        own = model(tokens[None, s:s + m], tokens[None, s + 1:s + m + 1], reduction="none")[0].double()
+    assert torch.allclose(still[0, s:s + m], own, atol=1e-5)
+    # a document that repeats itself: adapting on its first half lowers the loss of its second half
+    doc = torch.cat([torch.tensor([BOS]), torch.randint(2, VOCAB, (40,), generator=torch.Generator().manual_seed(9))])
+    rep = torch.cat([doc, doc[1:], doc[1:], doc[1:2]])
+    _, _, _, adapted = scores(h, model, rep)
+    _, _, _, plain = scores(frozen, model, rep)
+    assert adapted[0, 80:].mean() < plain[0, 80:].mean() - 0.05
+
+
+@pytest.mark.parametrize("t", [37, 150, 301, 520])
+def test_changing_tokens_after_t_leaves_scores_up_to_t(t):
+    """Targets up to token t keep their scores when any tokens after t change (BOS positions included)."""
+    h, model = tiny()
+    tokens = stream()
+    _, _, _, before = scores(h, model, tokens)
+    changed = tokens.clone()
+    changed[t + 1:] = stream(seed=7)[t + 1:]
+    _, _, info, after = scores(h, model, changed)
+    assert (after[1] == 1).all() and info["nonfinite"] == []
+    # target index j is token j + 1: tokens up to t are targets 0..t-1
+    assert torch.allclose(before[0, :t], after[0, :t], atol=1e-6, rtol=0)
+    assert not torch.allclose(before[0, t:], after[0, t:])
+
+
+def test_rank_split_sums_to_one_rank(monkeypatch):
+    h, model = tiny()
+    tokens = stream()
+    loss, _, info, _ = scores(h, model, tokens)
+    total, bad = torch.zeros(3, dtype=torch.float64), []
+    for rank in range(3):
+        reduced = []
+        monkeypatch.setattr(train_gpt, "dist", type("D", (), dict(
+            is_initialized=staticmethod(lambda: True), get_rank=staticmethod(lambda: rank),
+            get_world_size=staticmethod(lambda: 3), all_reduce=staticmethod(reduced.append),
+            all_gather_object=staticmethod(lambda out, obj: out.__setitem__(slice(None), [obj] * 3)))))
+        evaluate_ttt(model, tokens, luts(), h, BOS, torch.autocast("cpu", enabled=False))
+        total += reduced[0]
+    assert total[1].item() == info["tokens"] and total[2].item() == info["bytes"]
+    assert (total[0] / total[1]).item() == pytest.approx(loss, rel=1e-6)
+
+
+def test_adapted_rows_stay_unit_and_norms_are_exact():
+    g = torch.Generator().manual_seed(0)
+    w = torch.nn.functional.normalize(torch.randn(24, 16, generator=g), dim=-1)
+    a, b = torch.randn(3, 4, 16, generator=g), torch.randn(3, 24, 4, generator=g)
+    want = (w + b @ a).square().sum(-1)
+    assert torch.allclose(adapted_norm2(w, a, b), want, rtol=1e-5)
+    h, model = tiny()
+    block, x = model.blocks[0], torch.randn(3, 5, 32, generator=g)
+    for name in ("q", "o"):
+        p = getattr(block, name)
+        rows = p.size(0)
+        lora = {f"blocks.0.{name}": (torch.randn(3, 2, p.size(1), generator=g), torch.randn(3, rows, 2, generator=g))}
+        a, b = lora[f"blocks.0.{name}"]
+        eff = torch.nn.functional.normalize(p + b @ a, dim=-1)  # (3, rows, d): unit rows of each sequence's matrix
+        inp = x if name == "q" else torch.randn(3, 5, rows, generator=g)
+        want = inp @ eff.transpose(1, 2) if name == "q" else inp @ eff
+        assert torch.allclose(block.mm(inp, name, lora), want, atol=1e-5)
+
+
+def test_nonfinite_document_is_scored_without_adaptation_and_named():
+    """An adapter step that overflows drops that document's adaptation; its chunks are scored by the base model."""
+    h, model = tiny(TTT_LR=1e30)
+    tokens = stream()
+    loss, _, info, per_target = scores(h, model, tokens)
+    assert math.isfinite(loss) and (per_target[1] == 1).all()
+    assert info["nonfinite"], "an lr of 1e30 should overflow some document's adapters"
+    frozen, _ = tiny(TTT_LR=0)
+    _, _, _, plain = scores(frozen, model, tokens)
+    starts, lengths = documents(tokens, BOS)
+    for d in info["nonfinite"]:  # its first chunk precedes any step, its last one follows the drop
+        s, m, c = starts[d].item(), lengths[d].item(), h.ttt_chunk
+        last = s + (m - 1) // c * c
+        assert m > c and torch.allclose(per_target[0, s:s + c], plain[0, s:s + c], atol=1e-6)
+        assert torch.allclose(per_target[0, last:s + m], plain[0, last:s + m], atol=1e-6)
+
+
+def test_bad_settings_are_rejected():
+    assert load_hparams({**TINY, "TTT_CHUNK": "100"}).ttt_chunk == 48  # at most EVAL_SEQ_LEN
+    for env, message in ((dict(TTT_CHUNK=0), "TTT_CHUNK"),
+                         (dict(TTT_TARGETS="q,x"), "TTT_TARGETS"), (dict(TTT_RANK=0), "TTT_RANK"),
+                         (dict(TTT=2), "TTT=2")):
+        with pytest.raises(ValueError, match=message):
+            train_gpt.check_config(load_hparams({**TINY, **{k: str(v) for k, v in env.items()}}), 1)
+
+
+def test_ttt_tool_rescores_an_artifact(cpu_runs, tmp_path):
+    """tools/ttt.py on a real tiny run: the plain score is the run's own, TTT_LR=0 changes the TTT score, bad files
+    fail with one line, an existing --json is not overwritten."""
+    import json
+    import re
+    import subprocess
+    import sys
+
+    from _logs import REPO
+    run = cpu_runs[-1]
+    tool = [sys.executable, str(REPO / "tools" / "ttt.py"), "--log", str(run["log"])]
+    out = subprocess.run(tool + ["--artifact", str(run["ptz"]), "--json", str(tmp_path / "a.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "a.json").read_text())
+    body = run["log"].read_text()
+    plain = float(re.findall(r"(?m)^final_roundtrip_exact val_loss:\S+ val_bpb:(\S+)$", body)[-1])
+    ttt = float(re.findall(r"(?m)^final_ttt_roundtrip_exact val_loss:\S+ val_bpb:(\S+)$", body)[-1])
+    assert result["plain_bpb"] == pytest.approx(plain, abs=1e-5)  # the same weights, windows and stride
+    assert result["ttt_bpb"] == pytest.approx(ttt, abs=1e-5) and result["nonfinite_docs"] == []
+    assert re.search(r"(?m)^ttt   val_bpb:\d+\.\d{4} time:\S+s gain_bpb:[+-]\d+\.\d{4} docs:\d+ tokens:\d+ "
+                     r"nonfinite_docs:0$", out.stdout)
+    frozen = subprocess.run(tool + ["--artifact", str(run["ptz"]), "--env", "TTT_LR=0", "--json",
+                                    str(tmp_path / "b.json")], capture_output=True, text=True, timeout=300)
+    assert frozen.returncode == 0 and json.loads((tmp_path / "b.json").read_text())["ttt_bpb"] != result["ttt_bpb"]
+    bad = tmp_path / "bad.ptz"
+    bad.write_bytes(b"junk")
+    failed = subprocess.run(tool + ["--artifact", str(bad)], capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1 and failed.stderr.count("\n") == 1 and "truncated or corrupt" in failed.stderr
+    again = subprocess.run(tool + ["--artifact", str(run["ptz"]), "--json", str(tmp_path / "a.json")],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "not overwriting" in again.stderr
