@@ -33,7 +33,7 @@ try:  # FlashAttention 3, only a build that registers its torch ops: older ones 
 except ImportError:
     flash_attn_func = None
 
-# ----------------------------------------------------------------------------------------------- hyperparameters
+# ------------------------------ hyperparameters
 
 HPARAMS = dict(
     DATA_PATH="./data/datasets/fineweb10B_sp1024", TOKENIZER_PATH="./data/tokenizers/fineweb_1024_bpe.model",
@@ -42,7 +42,7 @@ HPARAMS = dict(
     TRAIN_BATCH_TOKENS=786432, TRAIN_SEQ_LEN=2048, TRAIN_LOG_EVERY=200, VAL_LOSS_EVERY=1000, VAL_BATCH_SIZE=524288,
     NUM_LAYERS=12, MODEL_DIM=512, NUM_HEADS=8, NUM_KV_HEADS=4, MLP_MULT=4.25, ROPE_DIMS=0, ROPE_BASE=10000.0,
     EMBED_INIT_STD=0.005, QK_GAIN_INIT=1.0, LEAKY_SLOPE=0.5, ALPHA_INIT=0.05,
-    MATRIX_LR=0.04, SCALAR_LR=0.01, EMBED_LR=0.05, SPHERE_OPT="retract", MUON_WD=0.0, MUON_MOMENTUM=0.95,
+    NORM="exact", MATRIX_LR=0.04, SCALAR_LR=0.01, EMBED_LR=0.05, SPHERE_OPT="retract", MUON_WD=0.0, MUON_MOMENTUM=0.95,
     MUON_MOMENTUM_WARMUP_START=0.85, MUON_MOMENTUM_WARMUP_STEPS=1500, MUON_STEPS=5, BETA1=0.9, BETA2=0.95,
     EVAL_SEQ_LEN=0, EVAL_STRIDE=64, EVAL_BATCH_SEQS=32,
     QUANT_METHOD="gptq", EMBED_STEP_RATIO=0.5, GPTQ_BATCHES=4, GPTQ_DAMP=0.01, GPTQ_RESERVE_SECONDS=8.0,
@@ -93,6 +93,8 @@ def check_config(h, world: int) -> None:
         (min(h.num_layers, h.iterations, h.eval_batch_seqs) < 1 or h.mlp_mult * h.model_dim < 1,
          "NUM_LAYERS, ITERATIONS, EVAL_BATCH_SEQS must be >= 1, MLP_MULT x MODEL_DIM >= 1"),
         (h.sphere_opt not in ("retract", "wn"), f"SPHERE_OPT={h.sphere_opt!r} must be 'retract' or 'wn'"),
+        (h.norm not in ("exact", "approx") or h.norm == "approx" and h.sphere_opt != "retract",
+         f"NORM={h.norm!r} must be 'exact' or 'approx' (approx with SPHERE_OPT=retract)"),
         (h.muon_wd < 0, f"MUON_WD={h.muon_wd} must be >= 0"),
         (not 0 <= h.leaky_slope < 1, f"LEAKY_SLOPE={h.leaky_slope} must be in [0, 1)"),
         (h.embed_init_std <= 0 or h.muon_momentum_warmup_steps < 0, "EMBED_INIT_STD must be > 0, MUON_MOMENTUM_WARMUP_STEPS >= 0"),
@@ -106,7 +108,7 @@ def check_config(h, world: int) -> None:
         if bad:
             raise ValueError(message)
 
-# ----------------------------------------------------------------------------------------------- optimizer
+# ------------------------------ optimizer
 
 
 def orthogonalize(g: torch.Tensor, steps: int) -> torch.Tensor:
@@ -180,7 +182,7 @@ def set_schedule(optimizers, h, step: int, lr_mul: float) -> None:
             if isinstance(opt, Muon):
                 group["momentum"] = h.muon_momentum_warmup_start + frac * (h.muon_momentum - h.muon_momentum_warmup_start)
 
-# ----------------------------------------------------------------------------------------------- data
+# ------------------------------ data
 
 SHARD_MAGIC, SHARD_HEADER_BYTES = 20240520, 1024
 
@@ -249,7 +251,7 @@ class TokenStream:
         chunk = self.take(span * world)[rank * span:(rank + 1) * span].to(device, non_blocking=True).long()
         return chunk[:-1].view(seqs, seq_len), chunk[1:].view(seqs, seq_len)
 
-# ----------------------------------------------------------------------------------------------- metric
+# ------------------------------ metric
 
 
 def byte_luts(sp: spm.SentencePieceProcessor, vocab_size: int, device) -> tuple[torch.Tensor, ...]:
@@ -300,13 +302,12 @@ def evaluate(nll_fn, tokens: torch.Tensor, luts, seq_len: int, stride: int, batc
     loss = (sums[0] / sums[1]).item()
     return loss, loss / math.log(2) * (sums[1] / sums[2]).item()
 
-# ----------------------------------------------------------------------------------------------- model
+# ------------------------------ model
 
 
 class UnitNorm(torch.autograd.Function):
-    """x / ||x|| over the last dim with fp32 math and a hand-written backward. Registered with allow_in_graph: dynamo
-    takes it whole, without graph breaks, and the fp32 math runs as written, so ~90 chained normalizations compile
-    as accurately as they run eagerly."""
+    """x / ||x|| over the last dim, fp32 math, hand-written backward; allow_in_graph: no graph breaks, and ~90 chained
+    normalizations compile as accurately as they run eagerly."""
 
     @staticmethod
     def forward(ctx, x):
@@ -407,38 +408,53 @@ class Block(nn.Module):
         self.q_gain = nn.Parameter(torch.full((d,), h.qk_gain_init * d ** -0.5))  # logits QK_GAIN_INIT sqrt(hd) cos
         self.mlp_gain = nn.Parameter(torch.ones(hidden))
         self.leaky_slope, self.wn = h.leaky_slope, h.sphere_opt == "wn"
+        # NORM=approx (anGPT): a sublayer output's exact normalization becomes the constant that brings its expected
+        # norm to 1 for unit inputs and rows; q and k stay exact
+        s, hd = h.leaky_slope, self.head_dim
+        self.nu = dict(v=(d / hd) ** 0.5, o=(hd / d) ** 0.5, up=(d / hidden) ** 0.5, down=1.0,
+                       act=(2 * hidden / (3 * (1 + s ** 4))) ** 0.5) if h.norm == "approx" else None
 
     def mm(self, x: torch.Tensor, name: str, lora: dict | None = None) -> torch.Tensor:
         """x times the named matrix: x W^T, or x W for the INPUT_ROWS ones; with test-time adapters (lora), each
-        sequence b uses W + B_b A_b with its rows renormalized."""
+        sequence b uses W + B_b A_b (its rows renormalized, except with NORM=approx)."""
         if self.hessians is not None:  # calibrating
             note_input(self.hessians, self.name + name, x)
         w = unit(getattr(self, name)) if self.wn else getattr(self, name)
         if lora is not None and self.name + name in lora:
             a, b = lora[self.name + name]
-            inv = torch.rsqrt(adapted_norm2(w, a, b)).to(x.dtype)[:, None, :]
+            inv = torch.rsqrt(adapted_norm2(w, a, b)).to(x.dtype)[:, None, :] if self.nu is None else 1.0
             if name in INPUT_ROWS:
                 x = x * inv
                 return x @ w + (x @ b) @ a
             return (F.linear(x, w) + (x @ a.transpose(1, 2)) @ b.transpose(1, 2)) * inv
         return x @ w if name in INPUT_ROWS else F.linear(x, w)
 
+    def scaled(self, y: torch.Tensor, kind: str) -> torch.Tensor:
+        return y if self.nu is None else y * self.nu[kind]
+
+    def lerp(self, x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, kind: str) -> torch.Tensor:
+        """x + a (y - x), each of y and the result brought back to norm 1: exactly, or with NORM=approx by constants
+        (the sublayer's, and 1 / sqrt(a^2 + (1 - a)^2) per dim, the expected norm for independent unit x and y)."""
+        a = alpha.abs() * (self.alpha_init * self.scale)
+        if self.nu is None:
+            return unit(x + a * (unit(y) - x))
+        return (x + a * (self.scaled(y, kind) - x)) * torch.rsqrt(a * a + (1 - a) ** 2)
+
     def mlp_hidden(self, x: torch.Tensor, lora: dict | None = None) -> torch.Tensor:
         """leaky_relu(x W_up * g)^2 (LEAKY_SLOPE 0: relu^2), in the matmul's dtype (bf16 under autocast)."""
-        u = self.mm(x, "up", lora)
-        return F.leaky_relu(u * self.mlp_gain.to(u.dtype), self.leaky_slope).square()
+        u = self.scaled(self.mm(x, "up", lora), "up")
+        return self.scaled(F.leaky_relu(u * self.mlp_gain.to(u.dtype), self.leaky_slope).square(), "act")
 
     def forward(self, x, cos, sin, lora: dict | None = None):
         B, T, _ = x.shape
         q = self.mm(x, "q", lora).view(B, T, self.heads, self.head_dim)
         k = self.mm(x, "k", lora).view(B, T, self.kv_heads, self.head_dim)
-        v = self.mm(x, "v", lora).view(B, T, self.kv_heads, self.head_dim)
+        v = self.scaled(self.mm(x, "v", lora), "v").view(B, T, self.kv_heads, self.head_dim)
         q = unit(rope(q, cos, sin)) * (self.q_gain * self.scale).to(q.dtype).view(self.heads, self.head_dim)
         k = unit(rope(k, cos, sin))
         y = self.mm(attention(q, k, v, self.head_dim ** 0.5).reshape(B, T, -1), "o", lora)
-        x = unit(x + self.alpha_attn.abs() * (self.alpha_init * self.scale) * (unit(y) - x))
-        y = self.mm(self.mlp_hidden(x, lora), "down", lora)
-        return unit(x + self.alpha_mlp.abs() * (self.alpha_init * self.scale) * (unit(y) - x))
+        x = self.lerp(x, y, self.alpha_attn, "o")
+        return self.lerp(x, self.mm(self.mlp_hidden(x, lora), "down", lora), self.alpha_mlp, "down")
 
 
 class GPT(nn.Module):
@@ -447,7 +463,7 @@ class GPT(nn.Module):
         self.emb = nn.Embedding(h.vocab_size, h.model_dim)
         nn.init.normal_(self.emb.weight, std=h.embed_init_std)
         self.blocks = nn.ModuleList(Block(h, i) for i in range(h.num_layers))
-        self.hessians = None
+        self.hessians, self.approx = None, h.norm == "approx"
         self.logit_scale = nn.Parameter(torch.ones(()))
         self.logit_init = h.model_dim ** 0.5
         for name, table in zip(("cos", "sin"), rope_tables(h)):
@@ -464,10 +480,11 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def renorm_(self):
-        """Every block matrix row back to unit norm: one norm over all rows at once (they share the model dim), one
-        foreach divide."""
+        """Every block matrix row back to unit norm (NORM=approx: to norm <= 1): one norm over all rows at once (they
+        share the model dim), one foreach divide."""
         mats = self.matrices()
         norms = torch.cat([p.view(-1, p.size(-1)) for p in mats]).norm(dim=-1, keepdim=True)
+        norms = norms.clamp_min(1.0) if self.approx else norms
         torch._foreach_div_(mats, list(norms.split([p.size(0) for p in mats])))
 
     def forward(self, idx, targets, reduction: str = "mean", lora: dict | None = None):
@@ -485,7 +502,7 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
         return loss if reduction == "mean" else loss.view_as(targets)
 
-# ----------------------------------------------------------------------------------------------- test-time training
+# ------------------------------ test-time training
 # Score first, then adapt: each document (cut at BOS) is read chunk after chunk; a chunk's targets are scored with the
 # document's current adapters, then one Adam step on that chunk's loss moves them. The base weights never change;
 # every document starts from zero adapters, so a document's scores depend on nothing after them.
@@ -588,13 +605,10 @@ def zero_dropped(lora: dict, keep: torch.Tensor) -> None:
         for t in pair:
             t.copy_(torch.where(keep[:, None, None], t, 0))
 
-# ----------------------------------------------------------------------------------------------- export
-# final_model.ptz = ARTIFACT_MAGIC, then zstd frames (each with its checksum), each after its length (4 bytes, little-
-# endian): a JSON header {"meta": {how it was quantized}, "tensors": [[name, role, dtype, shape], ...]}, then one frame
-# per tensor in its order (a frame per tensor: 0.9% smaller than one frame at the default shape, whose 128 kB blocks
-# would mix tensors of different statistics under one Huffman table). Roles: "unit" int8 rows renormalized on load
-# (no scale: renormalizing cancels it), "rows" int8 rows times the fp16 steps of the "step" entry after it (the
-# embedding), "raw" fp16 (gains). No pickle: loading reads exactly these bytes or fails.
+# ------------------------------ export
+# final_model.ptz = ARTIFACT_MAGIC, then zstd frames, each after its 4-byte little-endian length: a JSON header
+# {"meta": {...}, "tensors": [[name, role, dtype, shape], ...]}, then one frame per tensor (README: why). Roles: "unit"
+# int8 rows renormalized on load, "rows" int8 rows times the fp16 steps of the "step" entry after it, "raw" fp16.
 
 ARTIFACT_MAGIC = b"nGPT-artifact-v2\n"
 # "dfast" with 7-byte minimum matches: on int8 weights within 0.2% of zstd level 22, 500x faster (README)
@@ -652,12 +666,13 @@ def quantized_tensors(model: GPT, h, lam: float, hessians: dict | None) -> list:
     blocks = [(f"blocks.{i}.{kind}", kind) for kind in MATRIX_KINDS for i in range(len(model.blocks))]
     for name, kind in blocks + [("emb.weight", "emb")]:
         w = named[name].detach().to(dev).float()
-        if kind != "emb":
+        free = kind == "emb" or model.approx  # rows whose norm matters keep their steps
+        if not free:
             w = F.normalize(w, dim=-1)  # what the forward uses (SPHERE_OPT=wn stores free rows)
         ratio = h.embed_step_ratio if kind == "emb" else 1.0
         q, step = quantize_matrix(w, lam * ratio, kind, None if hessians is None else hessians[name], h.gptq_damp)
-        out.append((name, "unit" if kind != "emb" else "rows", q.cpu().numpy()))
-        if kind == "emb":
+        out.append((name, "rows" if free else "unit", q.cpu().numpy()))
+        if free:
             out.append((name, "step", step.cpu().numpy()))
     out += [(name, "raw", p.detach().half().cpu().numpy()) for name, p in named.items() if p.ndim < 2]
     return out
@@ -705,12 +720,10 @@ def dequantize(tensors: list) -> dict[str, torch.Tensor]:
 
 
 def fit_budget(encode, lam: float, slope: float, lo: int, hi: int, lam_min: float, tries: int = 12):
-    """Search the step multiple lam >= lam_min so that len(encode(lam)) lands in [lo, hi]: Newton steps on log bytes
-    against log lam (bytes fall as lam grows), the slope re-estimated from the last two tries, bisecting instead once
-    the window is bracketed and a Newton step would leave the bracket. Returns (lam, data, slope, tries). At lam_min
-    (the finest step that clips nothing) a model too small for the window stops below it. When no try lands in the
-    window: the largest result <= hi (lam doubles until one fits, for at most 40 more tries: then the last, too large,
-    result; main() reports it)."""
+    """Search lam >= lam_min so that len(encode(lam)) lands in [lo, hi]: Newton steps on log bytes against log lam,
+    the slope re-estimated from the last two tries, bisecting once bracketed. Returns (lam, data, slope, tries). At
+    lam_min (nothing clipped) a model too small for the window stops below it. When no try lands: the largest result
+    <= hi (lam doubles until one fits, at most 40 more tries; then the last, too large: main() reports it)."""
     tried, fits, prev, over = 0, None, None, None  # over: the largest lam whose result was > hi
     target = math.log((lo + hi) / 2)
     while True:
@@ -787,7 +800,7 @@ def load_artifact(path: str) -> dict[str, torch.Tensor]:
     except Exception as e:
         raise ValueError(f"{path} is truncated or corrupt and cannot be loaded ({type(e).__name__}: {e})") from None
 
-# ----------------------------------------------------------------------------------------------- main
+# ------------------------------ main
 
 
 def fail(message: str, log=None) -> None:

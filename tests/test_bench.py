@@ -47,11 +47,13 @@ def test_train_mode_runs_both_models():
     assert run.returncode == 0, run.stderr
     out = last_json(run.stdout)
     assert out["mode"] == "train" and out["shape"]["batch_tokens"] == 512
-    for name in ("ngpt", "standard"):
+    for name in ("ngpt", "angpt", "standard"):
         assert out[name]["ms_median"] > 0 and out[name]["tokens_per_s"] > 0 and out[name]["ms_iqr"] >= 0
         assert math.isfinite(out[name]["final_loss"])
     assert out["ngpt"]["params"] > out["standard"]["params"] == out["n_matmul"]  # nGPT adds only scalars
     assert out["ratio_ngpt_over_standard"] == pytest.approx(out["ngpt"]["ms_median"] / out["standard"]["ms_median"])
+    assert out["ratio_angpt_over_ngpt"] == pytest.approx(out["angpt"]["ms_median"] / out["ngpt"]["ms_median"])
+    assert out["angpt"]["params"] == out["ngpt"]["params"] and "anGPT/nGPT" in run.stdout
     assert "6 * N_matmul" in out["flop_formula"] and "ratio nGPT/standard" in run.stdout
 
 

@@ -1,6 +1,7 @@
-"""Benchmark nGPT (train_gpt.GPT) against a standard pre-norm Transformer of identical shape, or time nGPT's eval.
+"""Benchmark nGPT (train_gpt.GPT, exact and NORM=approx: anGPT) against a standard pre-norm Transformer of identical
+shape, or time nGPT's eval.
 
-  python tools/bench.py                       # train: ms/step, tokens/s, MFU of both models and the ratio nGPT/standard
+  python tools/bench.py                       # train: ms/step, tokens/s, MFU of the three models and their ratios
   python tools/bench.py --mode eval --gpus 8  # eval: sliding-window tokens/s and the projected time for the val split
   python tools/bench.py --mode ttt            # test-time training: tokens/s, the projected time, and its cost against
                                               # a training step's per token (to carry a GPU's training speed over)
@@ -122,9 +123,10 @@ def timed(step, n: int, cuda: bool) -> list[float]:
 def bench_train(args, h, device) -> dict:
     cuda = device.type == "cuda"
     models, steps = {}, {}
-    for name, cls in (("ngpt", train_gpt.GPT), ("standard", StandardGPT)):
+    approx = train_gpt.load_hparams({**os.environ, "NORM": "approx", "SPHERE_OPT": "retract"})
+    for name, cls, hp in (("ngpt", train_gpt.GPT, h), ("angpt", train_gpt.GPT, approx), ("standard", StandardGPT, h)):
         torch.manual_seed(h.seed)
-        models[name] = cls(h).to(device)
+        models[name] = cls(hp).to(device)
         steps[name] = train_step_fn(models[name], h, device, args.batch_tokens, args.compile)
     warmup_s = {}
     for name, step in steps.items():  # compile + warm-up, excluded from the timings
@@ -152,9 +154,11 @@ def bench_train(args, h, device) -> dict:
         mfu = f"{100 * out[name]['mfu']:.1f}% of {args.peak_tflops:g} TFLOP/s" if cuda else "n/a on CPU"
         print(f"{name:>8}: {med:9.2f} ms/step (IQR {q1:.2f}-{q3:.2f}), {tok_s:,.0f} tokens/s, {out[name]['params']:,} params, "
               f"MFU {mfu}, loss on the fixed batch after {args.warmup + args.steps + 1} steps {out[name]['final_loss']:.3f}")
-    out["ratio_ngpt_over_standard"] = out["ngpt"]["ms_median"] / out["standard"]["ms_median"]
+    for a, b in (("ngpt", "standard"), ("angpt", "standard"), ("angpt", "ngpt")):
+        out[f"ratio_{a}_over_{b}"] = out[a]["ms_median"] / out[b]["ms_median"]
     print(f"MFU formula: {FLOP_FORMULA}; here {flops_per_token:,.0f} flops/token")
-    print(f"ratio nGPT/standard ms/step: {out['ratio_ngpt_over_standard']:.3f}")
+    print(f"ratio nGPT/standard ms/step: {out['ratio_ngpt_over_standard']:.3f}; anGPT/standard: "
+          f"{out['ratio_angpt_over_standard']:.3f}; anGPT/nGPT: {out['ratio_angpt_over_ngpt']:.3f}")
     return out
 
 

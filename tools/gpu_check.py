@@ -120,6 +120,8 @@ class Step:
         return self.outcome() + (f": {hint}" if hint else "")
 
 
+MODELS = (("ngpt", "nGPT"), ("angpt", "anGPT"), ("standard", "standard"))  # the bench's three models
+
 def shell_line(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     """`cd CWD && K=V ... argv`, quoted for a POSIX shell: the exact command, pasteable."""
     assign = [f"{k}={shlex.quote(v)}" for k, v in env.items()]
@@ -413,19 +415,20 @@ def table(results: dict, steps: list[Step], dry: bool) -> list[tuple[str, str, s
                      f"{b.get('hardware')}, L{shape.get('num_layers')} d{shape.get('model_dim')} "
                      f"h{shape.get('num_heads')}/{shape.get('num_kv_heads')} T{shape.get('train_seq_len')} "
                      f"{shape.get('batch_tokens')} tokens/step, compile {b.get('compile')}", src("bench")))
-    for name, label in (("ngpt", "nGPT"), ("standard", "standard")):
+    for name, label in MODELS:
         m = b.get(name) or {}
         ms = (f"{m['ms_median']:.2f} (IQR {m['ms_q1']:.2f}-{m['ms_q3']:.2f})" if m.get("ms_median") is not None
               else "n/a")
         rows.append((f"ms/step {label}", ms, src("bench")))
     rows.append(("ratio nGPT/standard", _f(b.get("ratio_ngpt_over_standard"), ".3f"), src("bench")))
-    for name, label in (("ngpt", "nGPT"), ("standard", "standard")):
+    rows.append(("ratio anGPT/nGPT", _f(b.get("ratio_angpt_over_ngpt"), ".3f"), src("bench")))
+    for name, label in MODELS:
         m = b.get(name) or {}
         mfu = m.get("mfu")
         value = (f"{100 * mfu:.1f}% of {b.get('peak_tflops'):g} TFLOP/s" if mfu is not None
                  else "n/a on CPU" if b.get("hardware") == "cpu" else "n/a")
         rows.append((f"MFU {label}", value, src("bench")))
-    for name, label in (("ngpt", "nGPT"), ("standard", "standard")):
+    for name, label in MODELS:
         m = b.get(name) or {}
         rows.append((f"bench warm-up {label} (--warmup {b.get('warmup', '?')}, torch.compile included when on)",
                      _f(m.get("warmup_s"), ".1f", " s"), src("bench")))
