@@ -541,7 +541,7 @@ def evaluate_ttt(model: nn.Module, tokens: torch.Tensor, luts, h, bos: int, auto
     sums, bad, window_tokens = torch.zeros(3, dtype=torch.float64, device=device), [], 0
     grads = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
-    fwd = fwd or model
+    fwd = model if fwd is None else fwd
     for first in range(0, len(order), h.ttt_batch_docs):
         docs = order[first:first + h.ttt_batch_docs]
         s0, m = starts[docs].to(device), lengths[docs].to(device)
@@ -551,7 +551,8 @@ def evaluate_ttt(model: nn.Module, tokens: torch.Tensor, luts, h, bos: int, auto
         keep = torch.ones(len(docs), dtype=torch.bool, device=device)
         n_chunks = -(-int(m[0]) // C)
         for c in range(n_chunks):
-            k = int((m > c * C).sum())  # documents still reading (sorted longest first: a prefix)
+            # documents still reading (longest first: a prefix); at least 2, as size 1 would compile another graph
+            k = max(int((m > c * C).sum()), min(2, len(docs)))
             width = min((c + 1) * C, L)
             window_tokens += k * width
             end = m[:k].clamp_max((c + 1) * C)
@@ -559,7 +560,7 @@ def evaluate_ttt(model: nn.Module, tokens: torch.Tensor, luts, h, bos: int, auto
             scored = (pos < end[:, None]) & (pos >= c * C)
             idx = (s0[:k, None] + pos).clamp_max(tokens.numel() - 2)
             x, y = tokens[idx].long(), tokens[idx + 1].long()
-            adapters = {n: (a[:k], b[:k]) for n, (a, b) in lora.items()}
+            adapters = {n: (a[:k].clone(), b[:k].clone()) for n, (a, b) in lora.items()}  # not views: no guard on k
             with autocast:
                 nll = fwd(x, y, reduction="none", lora=adapters).float()
             ok = torch.where(scored, nll, 0).isfinite().all(1)

@@ -198,3 +198,23 @@ def test_ttt_tool_rescores_an_artifact(cpu_runs, tmp_path):
     again = subprocess.run(tool + ["--artifact", str(run["ptz"]), "--json", str(tmp_path / "a.json")],
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "not overwriting" in again.stderr
+
+
+def test_accepts_a_compiled_forward():
+    """The run passes torch.compile's module, which has no truth value (bool() raises): it must be used as given."""
+    class Compiled:  # stands in for torch._dynamo's OptimizedModule, without minutes of CPU compilation
+        def __init__(self, model):
+            self.model, self.calls = model, 0
+
+        def __call__(self, *args, **kwargs):
+            self.calls += 1
+            return self.model(*args, **kwargs)
+
+        def __bool__(self):
+            raise TypeError("GPT does not support len()")
+
+    h, model = tiny()
+    tokens = stream()
+    fwd = Compiled(model)
+    loss = evaluate_ttt(model, tokens, luts(), h, BOS, torch.autocast("cpu", enabled=False), fwd)[0]
+    assert fwd.calls > 0 and loss == pytest.approx(scores(h, model, tokens)[0], rel=1e-9)
