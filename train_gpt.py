@@ -422,11 +422,12 @@ class Block(nn.Module):
         w = unit(getattr(self, name)) if self.wn else getattr(self, name)
         if lora is not None and self.name + name in lora:
             a, b = lora[self.name + name]
-            inv = torch.rsqrt(adapted_norm2(w, a, b)).to(x.dtype)[:, None, :] if self.nu is None else 1.0
+            inv = torch.rsqrt(adapted_norm2(w, a, b))[:, None, :] if self.nu is None else 1.0
             if name in INPUT_ROWS:
-                x = x * inv
+                x = (x * inv).to(x.dtype)
                 return x @ w + (x @ b) @ a
-            return (F.linear(x, w) + (x @ a.transpose(1, 2)) @ b.transpose(1, 2)) * inv
+            y = F.linear(x, w) + (x @ a.transpose(1, 2)) @ b.transpose(1, 2)
+            return (y * inv).to(y.dtype)  # q, k, v in one dtype for FlashAttention
         return x @ w if name in INPUT_ROWS else F.linear(x, w)
 
     def scaled(self, y: torch.Tensor, kind: str) -> torch.Tensor:
@@ -555,21 +556,22 @@ def evaluate_ttt(model: nn.Module, tokens: torch.Tensor, luts, h, bos: int, auto
             k = max(int((m > c * C).sum()), min(2, len(docs)))
             width = min((c + 1) * C, L)
             window_tokens += k * width
-            end = m[:k].clamp_max((c + 1) * C)
-            pos = (end - width).clamp_min(0)[:, None] + torch.arange(width, device=device)
-            scored = (pos < end[:, None]) & (pos >= c * C)
+            # windows end at the chunk end, not the document end (set by a later BOS)
+            pos = ((c + 1) * C - width + torch.arange(width, device=device)).expand(k, -1)
+            scored = (pos < m[:k, None]) & (pos >= c * C)
             idx = (s0[:k, None] + pos).clamp_max(tokens.numel() - 2)
             x, y = tokens[idx].long(), tokens[idx + 1].long()
             adapters = {n: (a[:k].clone(), b[:k].clone()) for n, (a, b) in lora.items()}  # not views: no guard on k
             with autocast:
                 nll = fwd(x, y, reduction="none", lora=adapters).float()
-            ok = torch.where(scored, nll, 0).isfinite().all(1)
-            if not ok.all():  # re-score those documents' chunk without adaptation
+            nf = (~torch.where(scored, nll, 0).isfinite()).cumsum(1) > 0  # from its first non-finite score on
+            ok = ~nf.any(1)
+            if not ok.all():  # re-score from there without adaptation
                 keep[:k] &= ok
                 plain = {n: tuple(torch.where(ok[:, None, None], t, 0) for t in pair) for n, pair in adapters.items()}
                 with torch.no_grad(), autocast:
                     again = fwd(x, y, reduction="none", lora=plain).float()
-                nll = torch.where(ok[:, None], nll, again)
+                nll = torch.where(nf, again, nll)
             nbytes = luts[0][y] + (luts[1][y] & ~luts[2][x])
             sums += torch.stack([torch.where(scored, nll.detach().double(), 0).sum(), scored.sum().double(),
                                  torch.where(scored, nbytes, 0).sum().double()])

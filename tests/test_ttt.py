@@ -218,3 +218,59 @@ def test_accepts_a_compiled_forward():
     fwd = Compiled(model)
     loss = evaluate_ttt(model, tokens, luts(), h, BOS, torch.autocast("cpu", enabled=False), fwd)[0]
     assert fwd.calls > 0 and loss == pytest.approx(scores(h, model, tokens)[0], rel=1e-9)
+
+
+def test_a_later_bos_changes_no_earlier_score():
+    """Found in review: a document's last window was aligned to its length, which the next BOS decides. Moving that
+    BOS later (60 -> 64) must leave every score of the targets before it unchanged."""
+    h, model = tiny()
+    base = torch.randint(2, VOCAB, (120,), generator=torch.Generator().manual_seed(0))
+    base[0] = BOS
+    a, b = base.clone(), base.clone()
+    a[60], b[64] = BOS, BOS
+    _, _, _, pa = scores(h, model, a)
+    _, _, _, pb = scores(h, model, b)
+    assert torch.allclose(pa[0, :59], pb[0, :59], atol=1e-6, rtol=0)
+
+
+def test_fallback_keeps_scores_before_the_first_nonfinite_one(monkeypatch):
+    """A non-finite score at position j of a chunk re-scores only from j on: earlier targets keep their scores."""
+    h, model = tiny()
+    tokens = stream()
+    _, _, _, before = scores(h, model, tokens)
+    starts, lengths = documents(tokens, BOS)
+    d = int(torch.argmax(lengths))
+    s, c = starts[d].item(), h.ttt_chunk
+    poison = s + 2 * c + 5  # a token in the document's third chunk
+    real = GPT.forward
+
+    def forward(self, idx, targets, reduction="mean", lora=None):
+        out = real(self, idx, targets, reduction, lora)
+        if lora is None:
+            return out
+        adapted = sum(b.flatten(1).abs().sum(1) for _, b in lora.values()) > 0  # rows with non-zero adapters only
+        return torch.where(adapted[:, None] & (idx == tokens[poison]), float("nan"), out)
+    monkeypatch.setattr(GPT, "forward", forward)
+    model2 = copy_of(model)
+    _, _, info, after = scores(h, model2, tokens)
+    assert d in info["nonfinite"] and (after[1] == 1).all() and after[0].isfinite().all()
+    first = next(j for j in range(s + c, s + 3 * c) if tokens[j] == tokens[poison])  # first poisoned input in doc d
+    assert torch.allclose(after[0, s:first], before[0, s:first], atol=1e-6, rtol=0)
+
+
+def copy_of(model):
+    import copy
+    return copy.deepcopy(model)
+
+
+def test_adapted_projections_keep_the_matmul_dtype():
+    """Under bf16 autocast the residual stream is fp32: q, k, v with adapters must still come out in bf16, as
+    FlashAttention takes one dtype (found in review)."""
+    h, model = tiny()
+    block, g = model.blocks[0], torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 32, generator=g)
+    lora = {f"blocks.0.{n}": (torch.randn(2, 2, 32, generator=g), torch.randn(2, getattr(block, n).size(0), 2,
+                                                                             generator=g)) for n in ("k", "o")}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert block.mm(x, "k", lora).dtype == block.mm(x, "q", lora).dtype == torch.bfloat16
+        assert block.mm(x.bfloat16(), "o", lora).dtype == torch.bfloat16

@@ -127,7 +127,7 @@ def bench_train(args, h, device) -> dict:
     for name, cls, hp in (("ngpt", train_gpt.GPT, h), ("angpt", train_gpt.GPT, approx), ("standard", StandardGPT, h)):
         torch.manual_seed(h.seed)
         models[name] = cls(hp).to(device)
-        steps[name] = train_step_fn(models[name], h, device, args.batch_tokens, args.compile)
+        steps[name] = train_step_fn(models[name], hp, device, args.batch_tokens, args.compile)
     warmup_s = {}
     for name, step in steps.items():  # compile + warm-up, excluded from the timings
         t0 = time.perf_counter()
