@@ -2,14 +2,17 @@
 
 torchrun --standalone --nproc_per_node=8 train_gpt.py   # also 1, 2, 4 GPUs, or plain python (CPU works too)
 Trains within MAX_WALLCLOCK_SECONDS, exports GPTQ int8 + zstd filling 16 MB to final_model.ptz, reloads it and
-scores sliding-window BPB.
+scores it with score-first test-time training (TTT=0: sliding-window BPB).
 Every hyperparameter is an environment variable (HPARAMS below); everything is logged to logs/<RUN_ID>.txt.
 """
 from __future__ import annotations
 
+import ast
+import base64
 import copy
 import glob
 import json
+import lzma
 import math
 import os
 import sys
@@ -17,6 +20,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 import sentencepiece as spm
@@ -35,20 +39,74 @@ except ImportError:
 
 # ------------------------------ hyperparameters
 
-HPARAMS = dict(
-    DATA_PATH="./data/datasets/fineweb10B_sp1024", TOKENIZER_PATH="./data/tokenizers/fineweb_1024_bpe.model",
-    VOCAB_SIZE=1024, RUN_ID="", SEED=1337,
-    ITERATIONS=20000, WARMUP_STEPS=20, WARMDOWN_ITERS=4000, MAX_WALLCLOCK_SECONDS=600.0,
-    TRAIN_BATCH_TOKENS=786432, TRAIN_SEQ_LEN=2048, TRAIN_LOG_EVERY=200, VAL_LOSS_EVERY=1000, VAL_BATCH_SIZE=524288,
-    NUM_LAYERS=12, MODEL_DIM=512, NUM_HEADS=8, NUM_KV_HEADS=4, MLP_MULT=4.25, ROPE_DIMS=0, ROPE_BASE=10000.0,
-    EMBED_INIT_STD=0.005, QK_GAIN_INIT=1.0, LEAKY_SLOPE=0.5, ALPHA_INIT=0.05,
-    NORM="exact", MATRIX_LR=0.04, SCALAR_LR=0.01, EMBED_LR=0.05, SPHERE_OPT="retract", MUON_WD=0.0, MUON_MOMENTUM=0.95,
-    MUON_MOMENTUM_WARMUP_START=0.85, MUON_MOMENTUM_WARMUP_STEPS=1500, MUON_STEPS=5, BETA1=0.9, BETA2=0.95,
-    EVAL_SEQ_LEN=0, EVAL_STRIDE=64, EVAL_BATCH_SEQS=32,
-    QUANT_METHOD="gptq", EMBED_STEP_RATIO=0.5, GPTQ_BATCHES=4, GPTQ_DAMP=0.01, GPTQ_RESERVE_SECONDS=8.0,
-    TARGET_BYTES_PER_PARAM=0.0,
-    TTT=1, TTT_CHUNK=256, TTT_LR=0.005, TTT_RANK=16, TTT_TARGETS="k,o,up,down,head", TTT_BATCH_DOCS=32,
-    COMPILE=1,
+HPARAMS = dict(  # every one an environment variable of the same name; the README's table says more
+    # data and run
+    DATA_PATH="./data/datasets/fineweb10B_sp1024",  # folder of fineweb_train_*.bin and fineweb_val_*.bin
+    TOKENIZER_PATH="./data/tokenizers/fineweb_1024_bpe.model",  # SentencePiece model of the shards (bytes for BPB)
+    VOCAB_SIZE=1024,  # must equal the tokenizer's
+    RUN_ID="",  # log name logs/<RUN_ID>.txt (empty: random)
+    SEED=1337,  # weight initialization (and TTT's initial adapters)
+    # schedule
+    ITERATIONS=20000,  # most training steps
+    WARMUP_STEPS=20,  # compile warm-up steps, undone before the timed training
+    WARMDOWN_ITERS=4000,  # learning rates fall linearly to 0 over the last this-many steps (from the clock when capped)
+    MAX_WALLCLOCK_SECONDS=600.0,  # training time cap, calibration included (0: none)
+    TRAIN_BATCH_TOKENS=786432,  # tokens per optimizer step, all ranks together
+    TRAIN_SEQ_LEN=2048,  # training sequence length
+    TRAIN_LOG_EVERY=200,  # a step line every this-many steps (and the first 10)
+    VAL_LOSS_EVERY=1000,  # non-overlapping validation every this-many steps (0: only at the end)
+    VAL_BATCH_SIZE=524288,  # tokens per validation batch, all ranks together
+    # model
+    NUM_LAYERS=12,  # blocks
+    MODEL_DIM=512,  # width
+    NUM_HEADS=8,  # query heads
+    NUM_KV_HEADS=4,  # key/value heads (GQA)
+    MLP_MULT=4.25,  # MLP hidden width = int(MLP_MULT * MODEL_DIM): 36.7M parameters fill 16 MB at the default
+    ROPE_DIMS=0,  # rotary dims per head (0: all)
+    ROPE_BASE=10000.0,  # rotary base, spread over ROPE_DIMS
+    EMBED_INIT_STD=0.005,  # the tied embedding's init std (small: the loss starts at ln(vocab))
+    QK_GAIN_INIT=1.0,  # attention logits at init: QK_GAIN_INIT x sqrt(head_dim) x cos(q, k)
+    LEAKY_SLOPE=0.5,  # MLP activation leaky_relu(x, LEAKY_SLOPE)^2 (0: relu^2)
+    ALPHA_INIT=0.05,  # initial eigen learning rate of each block update
+    NORM="exact",  # exact: nGPT's normalizations; approx: anGPT's constant factors, rows kept at norm <= 1
+    # optimizer
+    MATRIX_LR=0.04,  # Muon (block matrices)
+    SCALAR_LR=0.01,  # Adam (eigen learning rates, gains, logit scale)
+    EMBED_LR=0.05,  # Adam (tied embedding)
+    SPHERE_OPT="retract",  # retract: rows back to norm 1 after each step; wn: free rows normalized in the forward
+    MUON_WD=0.0,  # decoupled Muon weight decay (p *= 1 - lr * wd)
+    MUON_MOMENTUM=0.95,  # Muon's Nesterov momentum
+    MUON_MOMENTUM_WARMUP_START=0.85,  # its value at step 0
+    MUON_MOMENTUM_WARMUP_STEPS=1500,  # steps of linear momentum warm-up (0: none)
+    MUON_STEPS=5,  # Newton-Schulz iterations
+    BETA1=0.9,  # Adam beta1
+    BETA2=0.95,  # Adam beta2
+    # evaluation
+    EVAL_SEQ_LEN=0,  # scoring window (0: TRAIN_SEQ_LEN)
+    EVAL_STRIDE=64,  # sliding-window stride
+    EVAL_BATCH_SEQS=32,  # windows per batch per rank in the sliding window
+    EVAL_SLIDING=0,  # with TTT, also score the sliding window (comparisons); without TTT it is the score
+    EVAL_BUDGET_SECONDS=570.0,  # deadline from reading the artifact: TTT scores what is left forward only (0: none)
+    # export
+    QUANT_METHOD="gptq",  # gptq, or rtn (round to nearest); the step is searched to fill 16 MB either way
+    EMBED_STEP_RATIO=0.5,  # the embedding's step / the block matrices' (each a multiple of the row RMS)
+    GPTQ_BATCHES=4,  # training micro-batches per rank for GPTQ's Hessians
+    GPTQ_DAMP=0.01,  # GPTQ's damping, a fraction of the mean Hessian diagonal (x10 per retry if indefinite)
+    GPTQ_RESERVE_SECONDS=8.0,  # training stops this much early so the calibration fits the training clock
+    TARGET_BYTES_PER_PARAM=0.0,  # > 0: fill this many bytes per parameter instead (small models at 16 MB's pressure)
+    # test-time training
+    TTT=1,  # score-first test-time training: the scored pass (0: the sliding window is)
+    TTT_CHUNK=256,  # tokens per chunk: each is scored, then adapted on (at most EVAL_SEQ_LEN)
+    TTT_LR=0.005,  # Adam learning rate of the adapters
+    TTT_RANK=16,  # rank of each adapter
+    TTT_TARGETS="k,o,up,down,head",  # what adapts: any of q,k,v,o,up,down,head
+    TTT_BATCH_DOCS=32,  # documents adapted side by side per rank
+    TTT_PHASES=0,  # phased TTT: after each of this many groups of documents (stream order), SGD on the base weights
+    TTT_PHASE_LR=0.002,  # over the group's scored tokens (all ranks averaged), rows renormalized (0 phases: off)
+    # numerics
+    COMPILE=1,  # torch.compile (with GPU numerics; 0: eager)
+    COMPILE_BACKEND="inductor",  # torch.compile's backend (the CPU tests use aot_eager)
+    GPU_NUMERICS=0,  # 1 on the CPU: bf16 autocast, torch.compile, bf16 Newton-Schulz, as CUDA always runs
 )
 SIZE_LIMIT = 16_000_000
 FULL_VAL_TOKENS = 63_779_840  # the FineWeb validation split (sp1024), for time projections
@@ -98,9 +156,12 @@ def check_config(h, world: int) -> None:
         (h.muon_wd < 0, f"MUON_WD={h.muon_wd} must be >= 0"),
         (not 0 <= h.leaky_slope < 1, f"LEAKY_SLOPE={h.leaky_slope} must be in [0, 1)"),
         (h.embed_init_std <= 0 or h.muon_momentum_warmup_steps < 0, "EMBED_INIT_STD must be > 0, MUON_MOMENTUM_WARMUP_STEPS >= 0"),
-        (h.ttt not in (0, 1), f"TTT={h.ttt} must be 0 or 1"),
+        (not {h.ttt, h.gpu_numerics, h.eval_sliding} <= {0, 1},
+         f"TTT={h.ttt}, GPU_NUMERICS={h.gpu_numerics} and EVAL_SLIDING={h.eval_sliding} must each be 0 or 1"),
+        (h.eval_budget_seconds < 0, f"EVAL_BUDGET_SECONDS={h.eval_budget_seconds} must be >= 0 (0: no deadline)"),
         (h.ttt and (h.ttt_lr < 0 or min(h.ttt_chunk, h.ttt_rank, h.ttt_batch_docs) < 1),
          "TTT_LR must be >= 0, TTT_CHUNK, TTT_RANK and TTT_BATCH_DOCS >= 1"),
+        (h.ttt_phases < 0 or h.ttt_phase_lr < 0, "TTT_PHASES and TTT_PHASE_LR must be >= 0"),
         (h.ttt and (not h.ttt_targets or not set(h.ttt_targets.split(",")) <= set(TTT_KINDS)),
          f"TTT_TARGETS={h.ttt_targets!r} must be a comma list of {','.join(TTT_KINDS)}"),
     ]
@@ -111,10 +172,10 @@ def check_config(h, world: int) -> None:
 # ------------------------------ optimizer
 
 
-def orthogonalize(g: torch.Tensor, steps: int) -> torch.Tensor:
-    """Newton-Schulz iteration towards the nearest semi-orthogonal matrix (Muon): bf16 on GPUs, fp32 on CPUs (whose
-    bf16 matmuls are emulated and 30x slower)."""
-    x = g.to(torch.bfloat16 if g.is_cuda else torch.float32)
+def orthogonalize(g: torch.Tensor, steps: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Newton-Schulz iteration towards the nearest semi-orthogonal matrix (Muon), in `dtype`: bf16 on GPUs (and with
+    GPU_NUMERICS), fp32 on CPUs (whose bf16 matmuls are emulated and 30x slower)."""
+    x = g.to(dtype)
     tall = x.size(0) > x.size(1)
     if tall:
         x = x.T
@@ -129,17 +190,17 @@ class Muon(torch.optim.Optimizer):
     """Nesterov momentum + orthogonalized updates + decoupled weight decay (p *= 1 - lr * wd). Each rank
     orthogonalizes a share of the matrices; one all-reduce joins them."""
 
-    def __init__(self, params, lr: float, momentum: float, steps: int, weight_decay: float, ortho=orthogonalize):
+    def __init__(self, params, lr: float, momentum: float, steps: int, weight_decay: float, ortho=orthogonalize,
+                 dtype: torch.dtype = torch.float32):
         super().__init__(params, dict(lr=lr, momentum=momentum, steps=steps, weight_decay=weight_decay))
-        self.ortho = ortho
+        self.ortho, self.dtype = ortho, dtype
 
     @torch.no_grad()
     def step(self):
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         for group in self.param_groups:
             params, mom = group["params"], group["momentum"]
-            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device,
-                               dtype=torch.bfloat16 if params[0].is_cuda else torch.float32)
+            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=self.dtype)
             updates = flat.split([p.numel() for p in params])
             for i, p in enumerate(params):
                 if i % world == rank:
@@ -147,7 +208,7 @@ class Muon(torch.optim.Optimizer):
                     if "buf" not in state:
                         state["buf"] = torch.zeros_like(p)
                     state["buf"].mul_(mom).add_(p.grad)
-                    update = self.ortho(p.grad.add(state["buf"], alpha=mom), group["steps"])
+                    update = self.ortho(p.grad.add(state["buf"], alpha=mom), group["steps"], self.dtype)
                     updates[i].copy_(update.flatten() * max(1.0, p.size(0) / p.size(1)) ** 0.5)
             if world > 1:
                 dist.all_reduce(flat)
@@ -156,16 +217,35 @@ class Muon(torch.optim.Optimizer):
             torch._foreach_add_(params, [u.view_as(p).to(p.dtype) for u, p in zip(updates, params)], alpha=-group["lr"])
 
 
+def compiled_graphs() -> int:
+    """Graphs torch.compile has made in this process so far (to show that none is made inside a timed phase)."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def gpu_like(h, device) -> bool:
+    """Whether this run uses a GPU's numerics: bf16 autocast, torch.compile, bf16 Newton-Schulz. Always on CUDA; on
+    the CPU with GPU_NUMERICS=1 (the tests: the same code paths as on a GPU, except the kernels)."""
+    return torch.device(device).type == "cuda" or bool(h.gpu_numerics)
+
+
+def compiler(h, device):
+    """torch.compile with COMPILE_BACKEND when the run compiles (COMPILE=1 and GPU numerics), else the identity."""
+    if h.compile and gpu_like(h, device):
+        return lambda fn, **kw: torch.compile(fn, backend=h.compile_backend, **kw)
+    return lambda fn, **kw: fn
+
+
 def make_optimizers(model, h) -> list[torch.optim.Optimizer]:
     """Muon for the block matrices (MATRIX_LR, MUON_WD); Adam for the embedding (EMBED_LR) and every other tensor
-    (SCALAR_LR). Each group remembers its base_lr for the schedule. Newton-Schulz is compiled on GPUs."""
-    cuda = model.emb.weight.is_cuda
-    ortho = torch.compile(orthogonalize, dynamic=False) if cuda and h.compile else orthogonalize
+    (SCALAR_LR). Each group remembers its base_lr for the schedule. Newton-Schulz is compiled with GPU numerics."""
+    device = model.emb.weight.device
+    ortho = compiler(h, device)(orthogonalize, dynamic=False)
     matrices = {id(p) for p in model.matrices()}
     scalars = [p for p in model.parameters() if id(p) not in matrices and p is not model.emb.weight]
-    optimizers = [Muon(model.matrices(), h.matrix_lr, h.muon_momentum, h.muon_steps, h.muon_wd, ortho),
+    ns_dtype = torch.bfloat16 if gpu_like(h, device) else torch.float32
+    optimizers = [Muon(model.matrices(), h.matrix_lr, h.muon_momentum, h.muon_steps, h.muon_wd, ortho, ns_dtype),
                   torch.optim.Adam([dict(params=[model.emb.weight], lr=h.embed_lr), dict(params=scalars, lr=h.scalar_lr)],
-                                   betas=(h.beta1, h.beta2), eps=1e-8, fused=cuda)]
+                                   betas=(h.beta1, h.beta2), eps=1e-8, fused=device.type == "cuda")]
     for opt in optimizers:
         for group in opt.param_groups:
             group["base_lr"] = group["lr"]
@@ -254,8 +334,15 @@ class TokenStream:
 # ------------------------------ metric
 
 
-def byte_luts(sp: spm.SentencePieceProcessor, vocab_size: int, device) -> tuple[torch.Tensor, ...]:
-    """Per token: UTF-8 bytes without the leading space, whether it has one, whether it is a control/unknown/unused token."""
+class ByteLuts(NamedTuple):
+    """Per token id: UTF-8 bytes of its piece without the leading space; whether it has one; whether it is a
+    boundary (control, unknown or unused) token, after which no leading space is counted."""
+    base: torch.Tensor
+    space: torch.Tensor
+    boundary: torch.Tensor
+
+
+def byte_luts(sp: spm.SentencePieceProcessor, vocab_size: int, device) -> ByteLuts:
     base, space, boundary = np.zeros(vocab_size, np.int64), np.zeros(vocab_size, bool), np.ones(vocab_size, bool)
     for i in range(sp.vocab_size()):
         if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
@@ -267,7 +354,16 @@ def byte_luts(sp: spm.SentencePieceProcessor, vocab_size: int, device) -> tuple[
         piece = sp.id_to_piece(i)
         space[i] = piece.startswith("\u2581")
         base[i] = len(piece.removeprefix("\u2581").encode("utf-8"))
-    return tuple(torch.from_numpy(a).to(device) for a in (base, space, boundary))
+    return ByteLuts(*(torch.from_numpy(a).to(device) for a in (base, space, boundary)))
+
+
+def score_sums(nll: torch.Tensor, x: torch.Tensor, y: torch.Tensor, scored: torch.Tensor, luts) -> torch.Tensor:
+    """float64 (sum of nll, tokens, bytes) over the scored targets y (inputs x) of a batch: a target's bytes are its
+    piece's, plus its leading space unless the previous token is a boundary (control, unknown, unused)."""
+    base, space, boundary = luts  # ByteLuts, or any such triple
+    nbytes = base[y] + (space[y] & ~boundary[x])
+    return torch.stack([torch.where(scored, nll.double(), 0).sum(), scored.sum().double(),
+                        torch.where(scored, nbytes, 0).sum().double()])
 
 
 def evaluate(nll_fn, tokens: torch.Tensor, luts, seq_len: int, stride: int, batch_seqs: int) -> tuple[float, float]:
@@ -293,10 +389,8 @@ def evaluate(nll_fn, tokens: torch.Tensor, luts, seq_len: int, stride: int, batc
         idx = rows.clamp_max(hi - 1)
         window = tokens[starts[idx, None] + offsets].long()
         x, y = window[:, :-1], window[:, 1:]
-        nll = nll_fn(x, y).double()
         scored = (offsets[None, :-1] >= first[idx, None]) & (rows < hi)[:, None]
-        nbytes = luts[0][y] + (luts[1][y] & ~luts[2][x])
-        sums += torch.stack([torch.where(scored, nll, 0).sum(), scored.sum().double(), torch.where(scored, nbytes, 0).sum().double()])
+        sums += score_sums(nll_fn(x, y), x, y, scored, luts)
     if world > 1:
         dist.all_reduce(sums)
     loss = (sums[0] / sums[1]).item()
@@ -345,14 +439,40 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), -1)
 
 
-def attention(q, k, v, scale: float) -> torch.Tensor:
-    """Causal attention with GQA on (B, T, H, D) tensors: FlashAttention 3 when present, else SDPA."""
-    if flash_attn_func is not None and q.is_cuda:
-        out = flash_attn_func(q, k, v, softmax_scale=scale, causal=True)
-        return out[0] if isinstance(out, tuple) else out
+def sdpa_attention(q, k, v, scale: float) -> torch.Tensor:
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                          is_causal=True, scale=scale, enable_gqa=True)
     return out.transpose(1, 2)
+
+
+def flash_attention(q, k, v, scale: float, fa=None) -> torch.Tensor:
+    out = (fa or flash_attn_func)(q, k, v, softmax_scale=scale, causal=True)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def attention(q, k, v, scale: float) -> torch.Tensor:
+    """Causal attention with GQA on (B, T, H, D) tensors: FlashAttention 3 when present, else SDPA."""
+    if flash_attn_func is not None and q.is_cuda:
+        return flash_attention(q, k, v, scale)
+    return sdpa_attention(q, k, v, scale)
+
+
+def check_flash_attention(device, fa=None, tol: float = 0.02) -> str:
+    """Run FlashAttention 3 (or `fa`) against SDPA on a small random causal GQA input in bf16, before any compile.
+    If it raises or disagrees by more than tol, this run uses SDPA (a broken build must not cost the score)."""
+    global flash_attn_func
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(2, 256, h, 64, device=device, generator=g).to(torch.bfloat16) for h in (8, 4, 4))
+    try:
+        err = (flash_attention(q, k, v, 0.125, fa).float() - sdpa_attention(q, k, v, 0.125).float()).abs().max().item()
+    except Exception as e:  # noqa: BLE001 - any failure of the extension means: do not use it
+        err, why = float("nan"), f"raised {type(e).__name__}: {e}"
+    else:
+        why = f"max abs difference {err:.2g}"
+    if not err <= tol:
+        flash_attn_func = None
+        return f"flash_attn_3: disagrees with SDPA ({why}, tolerance {tol}): falling back to SDPA"
+    return f"flash_attn_3: agrees with SDPA ({why})"
 
 
 INPUT_ROWS = ("o", "down")  # matrices used as y @ W: each stored row belongs to one input feature
@@ -360,28 +480,45 @@ INPUT_ROWS = ("o", "down")  # matrices used as y @ W: each stored row belongs to
 
 def adapted_norm2(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Squared row norms (batch, rows) of w + b a for w (rows, d), a (batch, r, d), b (batch, rows, r), without forming
-    it: |w_i|^2 + 2 b_i.(a w_i) + b_i (a a^T) b_i."""
-    return (w.float().square().sum(-1) + 2 * (b * (w @ a.transpose(1, 2))).sum(-1)
-            + ((b @ (a @ a.transpose(1, 2))) * b).sum(-1)).float()
+    it: |w_i|^2 + 2 b_i.(a w_i) + b_i (a a^T) b_i. In fp32 with autocast off: adapted rows have norm 1 +- 1e-3, which
+    bf16 (8 bits) cannot resolve."""
+    with torch.autocast(w.device.type, enabled=False):
+        w, a, b = w.float(), a.float(), b.float()
+        return w.square().sum(-1) + 2 * (b * (w @ a.transpose(1, 2))).sum(-1) + ((b @ (a @ a.transpose(1, 2))) * b).sum(-1)
 
 
 def note_input(hessians: dict, name: str, x: torch.Tensor) -> None:
-    """Add the Gram matrix x^T x of a matrix's input (GPTQ's Hessian) to hessians[name]."""
-    x = x.detach().reshape(-1, x.size(-1)).float()
-    hessians[name] = hessians.get(name, 0) + x.T @ x
+    """Add the Gram matrix x^T x of a matrix's input (GPTQ's Hessian) to hessians[name]: fp32, outside autocast
+    (under it the product would be bf16, and its sum over batches and ranks loses positive definiteness)."""
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.detach().reshape(-1, x.size(-1)).float()
+        gram = x.T @ x
+    if name in hessians:
+        hessians[name] += gram
+    else:
+        hessians[name] = gram
+
+
+def hessian_name(name: str) -> str:
+    """The Hessian a matrix is quantized with: q, k and v read the same input, so they share one (blocks.i.qkv)."""
+    block, _, kind = name.rpartition(".")
+    return f"{block}.qkv" if kind in ("q", "k", "v") else name
 
 
 @torch.no_grad()
 def collect_hessians(model: nn.Module, batches, autocast) -> dict[str, torch.Tensor]:
-    """Every block matrix's and the head's input Gram matrix, summed over the (x, y) batches."""
-    hessians = {}
+    """Every block matrix input's and the head's Gram matrix (fp32, named by hessian_name), summed over the (x, y)
+    batches. TF32 is off meanwhile: its 10-bit products would cost the Hessian the accuracy that autocast did."""
+    hessians, tf32 = {}, torch.backends.cuda.matmul.allow_tf32
     model.calibrating(hessians)
+    torch.backends.cuda.matmul.allow_tf32 = False
     try:
         for x, y in batches:
             with autocast:
                 model(x, y)
     finally:
         model.calibrating(None)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     return hessians
 
 
@@ -417,8 +554,8 @@ class Block(nn.Module):
     def mm(self, x: torch.Tensor, name: str, lora: dict | None = None) -> torch.Tensor:
         """x times the named matrix: x W^T, or x W for the INPUT_ROWS ones; with test-time adapters (lora), each
         sequence b uses W + B_b A_b (its rows renormalized, except with NORM=approx)."""
-        if self.hessians is not None:  # calibrating
-            note_input(self.hessians, self.name + name, x)
+        if self.hessians is not None and name not in ("k", "v"):  # calibrating; q notes the input of q, k and v
+            note_input(self.hessians, hessian_name(self.name + name), x)
         w = unit(getattr(self, name)) if self.wn else getattr(self, name)
         if lora is not None and self.name + name in lora:
             a, b = lora[self.name + name]
@@ -442,7 +579,8 @@ class Block(nn.Module):
         return (x + a * (self.scaled(y, kind) - x)) * torch.rsqrt(a * a + (1 - a) ** 2)
 
     def mlp_hidden(self, x: torch.Tensor, lora: dict | None = None) -> torch.Tensor:
-        """leaky_relu(x W_up * g)^2 (LEAKY_SLOPE 0: relu^2), in the matmul's dtype (bf16 under autocast)."""
+        """leaky_relu(x W_up * g)^2 (LEAKY_SLOPE 0: relu^2). Under CUDA's autocast the square (pow) is fp32: 8.7 KB per
+        token per layer of saved activations at the default shape (tools/bench.py --mode memory)."""
         u = self.scaled(self.mm(x, "up", lora), "up")
         return self.scaled(F.leaky_relu(u * self.mlp_gain.to(u.dtype), self.leaky_slope).square(), "act")
 
@@ -523,82 +661,202 @@ def adapted_names(model: nn.Module, kinds: list[str]) -> list[str]:
     return names + ["emb.weight"] * ("head" in kinds)
 
 
+def ttt_window(c: int, chunk: int, seq_len: int, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What makes TTT legal, for chunk c of documents of these lengths (longest first): the window's positions in each
+    document, ending at the chunk's end (never at the document's end, which a later BOS sets), at most seq_len long;
+    and which of them are scored: the chunk's own targets, c*chunk.. up to the document's end. Every target of a
+    document is scored in exactly one chunk, before the adapters have seen it (they move after its chunk)."""
+    k = max(int((lengths > c * chunk).sum()), min(2, len(lengths)))  # at least 2 rows: a batch of 1 compiles anew
+    width = min((c + 1) * chunk, seq_len)
+    pos = ((c + 1) * chunk - width + torch.arange(width, device=lengths.device)).expand(k, -1)
+    return pos, (pos < lengths[:k, None]) & (pos >= c * chunk)
+
+
+def window_work(lengths: list[int], chunk: int, seq_len: int) -> int:
+    """Window tokens (rows x width, summed over chunks) that a batch of documents of these lengths reads."""
+    lengths = torch.tensor(sorted(lengths, reverse=True))
+    return sum(ttt_window(c, chunk, seq_len, lengths)[0].numel() for c in range(-(-int(lengths[0]) // chunk)))
+
+
+def ttt_batch(fwd, tokens, starts, lengths, init: dict, luts, h, autocast, adapt: bool, per_target=None):
+    """Score one batch of documents chunk by chunk; with `adapt`, one Adam step on each chunk's loss after scoring it
+    (the non-finite guard drops a document's adaptation from its first non-finite score on, that chunk re-scored
+    without it). Returns the (nll, tokens, bytes) sums, the rows (in batch order) that lost their adaptation, and the
+    window tokens read."""
+    device, C = lengths.device, h.ttt_chunk
+    lora = {n: (a.expand(len(lengths), -1, -1).clone().requires_grad_(adapt),
+                torch.zeros(len(lengths), rows, h.ttt_rank, device=device, requires_grad=adapt))
+            for n, (a, rows) in init.items()}
+    opt = torch.optim.Adam([t for pair in lora.values() for t in pair], lr=h.ttt_lr, betas=(0.9, 0.99)) if adapt else None
+    keep = torch.full((len(lengths),), adapt, dtype=torch.bool, device=device)
+    sums, work, n_chunks = torch.zeros(3, dtype=torch.float64, device=device), 0, -(-int(lengths[0]) // C)
+    for c in range(n_chunks):
+        pos, scored = ttt_window(c, C, h.eval_seq_len, lengths)
+        k = len(pos)
+        work += pos.numel()
+        idx = (starts[:k, None] + pos).clamp_max(tokens.numel() - 2)
+        x, y = tokens[idx].long(), tokens[idx + 1].long()
+        adapters = batch_adapters({n: (a[:k], b[:k]) for n, (a, b) in lora.items()})
+        with torch.set_grad_enabled(adapt), autocast:
+            nll = fwd(x, y, reduction="none", lora=adapters).float()
+        nf = (~torch.where(scored, nll, 0).isfinite()).cumsum(1) > 0  # from its first non-finite score on
+        ok = ~nf.any(1)
+        if adapt and not ok.all():  # re-score from there without adaptation
+            keep[:k] &= ok
+            plain = batch_adapters({n: tuple(torch.where(ok[:, None, None], t, 0) for t in pair)
+                                    for n, pair in adapters.items()})
+            with torch.no_grad(), autocast:
+                again = fwd(x, y, reduction="none", lora=plain).float()
+            nll = torch.where(nf, again, nll)
+        sums += score_sums(nll.detach(), x, y, scored, luts)
+        if per_target is not None:
+            per_target.index_add_(1, idx[scored], torch.stack([nll[scored].detach(), torch.ones_like(nll[scored])]).double())
+        if not adapt or c == n_chunks - 1:
+            continue
+        doc_loss = torch.where(scored, nll, 0).sum(1) / scored.sum(1).clamp_min(1)
+        torch.where(keep[:k], doc_loss, 0).sum().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for a, b in lora.values():
+                keep &= a.isfinite().flatten(1).all(1) & b.isfinite().flatten(1).all(1)
+        zero_dropped(lora, keep)
+    return sums, (~keep).nonzero().flatten().cpu() if adapt else torch.zeros(0, dtype=torch.long), work
+
+
+def ttt_batches(lengths: torch.Tensor, h, rank: int, world: int) -> list[list[torch.Tensor]]:
+    """This rank's batches of document indices, per group: TTT_PHASES + 1 groups of documents in stream order (one
+    without phases), each sorted longest first and dealt to the ranks in turn, then cut into TTT_BATCH_DOCS (a last
+    batch of one joins the one before: a batch of one would compile another graph)."""
+    groups = []
+    for group in torch.arange(len(lengths)).tensor_split(h.ttt_phases + 1):
+        order = group[torch.argsort(lengths[group], descending=True, stable=True)][rank::world]
+        batches = list(order.split(h.ttt_batch_docs))
+        if len(batches) > 1 and len(batches[-1]) == 1 < h.ttt_batch_docs:
+            batches[-2:] = [torch.cat(batches[-2:])]
+        groups.append(batches)
+    return groups
+
+
+def adapt_base(model: nn.Module, fwd, tokens: torch.Tensor, starts, lengths, h, autocast) -> bool:
+    """Phased TTT's step: one SGD step (TTT_PHASE_LR) on every block matrix over the targets of these documents,
+    already scored on this rank, the gradient averaged over every rank's tokens (one all-reduce, on every rank even
+    with no documents), then every row back to norm 1. A non-finite gradient or result leaves the weights as they
+    were (False)."""
+    mats, L, device = model.matrices(), h.eval_seq_len, tokens.device
+    saved = [p.detach().clone() for p in mats]
+    spans = [torch.arange(int(s), int(s) + int(n), device=device) for s, n in zip(starts, lengths)]
+    idx = torch.cat(spans) if spans else torch.zeros(0, dtype=torch.long, device=device)
+    rows = max(1, -(-len(idx) // L))
+    pad = rows * L - len(idx)
+    mask = torch.cat([torch.ones(len(idx), device=device), torch.zeros(pad, device=device)]).view(rows, L)
+    idx = torch.cat([idx, idx.new_zeros(pad)]).view(rows, L)
+    for p in mats:
+        p.requires_grad_(True)
+    for b in range(0, rows, h.ttt_batch_docs):
+        x, y = tokens[idx[b:b + h.ttt_batch_docs]].long(), tokens[idx[b:b + h.ttt_batch_docs] + 1].long()
+        m = mask[b:b + h.ttt_batch_docs]
+        with autocast:
+            nll = fwd(x, y, reduction="none").float()
+        (torch.where(m > 0, nll, 0).sum()).backward()
+    flat = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros_like(p).flatten() for p in mats]
+                     + [mask.sum().view(1)])
+    for p in mats:
+        p.requires_grad_(False)
+        p.grad = None
+    if dist.is_initialized():
+        dist.all_reduce(flat)
+    ok = bool(flat.isfinite().all()) and flat[-1] > 0
+    if ok:
+        with torch.no_grad():
+            for p, grad in zip(mats, (flat[:-1] / flat[-1]).split([p.numel() for p in mats])):
+                p.sub_(grad.view_as(p), alpha=h.ttt_phase_lr)
+            model.renorm_()
+            ok = all(bool(p.isfinite().all()) for p in mats)
+    if not ok:
+        with torch.no_grad():
+            for p, q in zip(mats, saved):
+                p.copy_(q)
+    return ok
+
+
 def evaluate_ttt(model: nn.Module, tokens: torch.Tensor, luts, h, bos: int, autocast, fwd=None,
-                 per_target: torch.Tensor | None = None) -> tuple[float, float, dict]:
-    """(val_loss, val_bpb, info) with test-time training. Documents go to ranks longest first, in batches of
-    TTT_BATCH_DOCS; chunk c of a document scores its targets c*TTT_CHUNK.. from a window of at most EVAL_SEQ_LEN of its
-    tokens, then adapts on them (a rank-TTT_RANK adapter per matrix in TTT_TARGETS). A document whose scores or
-    adapters go non-finite is scored without adaptation from then on (that chunk re-scored) and listed in
-    info["nonfinite"]. per_target (2, N-1), if given, gets each target's nll and count (one rank: the tests)."""
+                 per_target: torch.Tensor | None = None, deadline: float | None = None,
+                 clock=time.perf_counter) -> tuple[float, float, dict]:
+    """(val_loss, val_bpb, info) with test-time training. Each rank scores its batches (ttt_batches) with ttt_batch:
+    a rank-TTT_RANK adapter per matrix in TTT_TARGETS, fresh for every document. With TTT_PHASES, after every group
+    but the last, the base weights take one adapt_base step over the group's documents (all scored by then; every
+    later group lies after them in the stream, so no score depends on a later token), and the next group starts
+    from them; the base weights are restored at the end. With a deadline (time.perf_counter() seconds), from the
+    first batch whose adaptation would leave the rest of this rank's documents unable to finish by it (at the
+    throughput measured so far, forward-only at 3x), every document left is scored without adaptation (forward
+    only, every target still scored once), and no more phase steps are taken (decided on every rank together).
+    info: docs, tokens, bytes, nonfinite (documents that lost their adaptation), unadapted (by the deadline),
+    deadline_at (seconds from the start of this pass at which this rank's first batch went unadapted), phase_steps
+    (taken, non-finite ones skipped), window_tokens (this rank's work). per_target (2, N-1), if given, gets each
+    target's nll and count (one rank: the tests); clock stands in for time.perf_counter (the tests)."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    device, C, L = luts[0].device, h.ttt_chunk, h.eval_seq_len
+    device, t0 = luts[0].device, clock()
     starts, lengths = documents(tokens, bos)
-    order = torch.argsort(lengths, descending=True, stable=True)[rank::world]
     params = dict(model.named_parameters())
-    names = adapted_names(model, h.ttt_targets.split(","))
     gen = torch.Generator().manual_seed(h.seed)  # one initial A per matrix for every document: scores do not depend on batching
-    init = {n: (torch.randn(h.ttt_rank, params[n].size(1), generator=gen) * params[n].size(1) ** -0.5).to(device)
-            for n in names}
-    sums, bad, window_tokens = torch.zeros(3, dtype=torch.float64, device=device), [], 0
+    init = {n: ((torch.randn(h.ttt_rank, params[n].size(1), generator=gen) * params[n].size(1) ** -0.5).to(device),
+                params[n].size(0)) for n in adapted_names(model, h.ttt_targets.split(","))}
+    groups = ttt_batches(lengths, h, rank, world)
+    batches = [docs for group in groups for docs in group]
+    work = [window_work(lengths[d].tolist(), h.ttt_chunk, h.eval_seq_len) for d in batches]
+    sums, bad, unadapted, adapt, at = torch.zeros(3, dtype=torch.float64, device=device), [], [], True, None
     grads = [p.requires_grad for p in model.parameters()]
+    base = [p.detach().clone() for p in model.matrices()] if h.ttt_phases else []
     model.requires_grad_(False)
-    fwd = model if fwd is None else fwd
-    for first in range(0, len(order), h.ttt_batch_docs):
-        docs = order[first:first + h.ttt_batch_docs]
-        s0, m = starts[docs].to(device), lengths[docs].to(device)
-        lora = {n: (init[n].expand(len(docs), -1, -1).clone().requires_grad_(),
-                    torch.zeros(len(docs), params[n].size(0), h.ttt_rank, device=device, requires_grad=True)) for n in names}
-        opt = torch.optim.Adam([t for pair in lora.values() for t in pair], lr=h.ttt_lr, betas=(0.9, 0.99))
-        keep = torch.ones(len(docs), dtype=torch.bool, device=device)
-        n_chunks = -(-int(m[0]) // C)
-        for c in range(n_chunks):
-            # documents still reading (longest first: a prefix); at least 2, as size 1 would compile another graph
-            k = max(int((m > c * C).sum()), min(2, len(docs)))
-            width = min((c + 1) * C, L)
-            window_tokens += k * width
-            # windows end at the chunk end, not the document end (set by a later BOS)
-            pos = ((c + 1) * C - width + torch.arange(width, device=device)).expand(k, -1)
-            scored = (pos < m[:k, None]) & (pos >= c * C)
-            idx = (s0[:k, None] + pos).clamp_max(tokens.numel() - 2)
-            x, y = tokens[idx].long(), tokens[idx + 1].long()
-            adapters = {n: (a[:k].clone(), b[:k].clone()) for n, (a, b) in lora.items()}  # not views: no guard on k
-            with autocast:
-                nll = fwd(x, y, reduction="none", lora=adapters).float()
-            nf = (~torch.where(scored, nll, 0).isfinite()).cumsum(1) > 0  # from its first non-finite score on
-            ok = ~nf.any(1)
-            if not ok.all():  # re-score from there without adaptation
-                keep[:k] &= ok
-                plain = {n: tuple(torch.where(ok[:, None, None], t, 0) for t in pair) for n, pair in adapters.items()}
-                with torch.no_grad(), autocast:
-                    again = fwd(x, y, reduction="none", lora=plain).float()
-                nll = torch.where(nf, again, nll)
-            nbytes = luts[0][y] + (luts[1][y] & ~luts[2][x])
-            sums += torch.stack([torch.where(scored, nll.detach().double(), 0).sum(), scored.sum().double(),
-                                 torch.where(scored, nbytes, 0).sum().double()])
-            if per_target is not None:
-                per_target.index_add_(1, idx[scored], torch.stack([nll[scored].detach(), torch.ones_like(nll[scored])]).double())
-            if c == n_chunks - 1:
-                break
-            doc_loss = torch.where(scored, nll, 0).sum(1) / scored.sum(1).clamp_min(1)
-            torch.where(keep[:k], doc_loss, 0).sum().backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                for a, b in lora.values():
-                    keep &= a.isfinite().flatten(1).all(1) & b.isfinite().flatten(1).all(1)
-            zero_dropped(lora, keep)
-        bad += docs[~keep.cpu()].tolist()
+    fwd, i, steps = model if fwd is None else fwd, 0, 0
+    for g, group in enumerate(groups):
+        for docs in group:
+            now = clock()
+            if adapt and deadline is not None and i > 0:
+                rate = sum(work[:i]) / (now - t0)  # adapted window tokens per second so far
+                if now + work[i] / rate + sum(work[i + 1:]) / (3 * rate) > deadline:
+                    adapt, at = False, now - t0
+            s, dropped, _ = ttt_batch(fwd, tokens, starts[docs].to(device), lengths[docs].to(device), init, luts, h,
+                                      autocast, adapt, per_target)
+            sums += s
+            bad += docs[dropped].tolist()
+            unadapted += [] if adapt else docs.tolist()
+            i += 1
+        if g < len(groups) - 1:
+            late = torch.tensor(float(not adapt), device=device)
+            if world > 1:
+                dist.all_reduce(late, op=dist.ReduceOp.MAX)
+            if late.item() == 0 and h.ttt_phase_lr > 0:
+                mine = torch.cat(group) if group else torch.zeros(0, dtype=torch.long)
+                steps += adapt_base(model, fwd, tokens, starts[mine], lengths[mine], h, autocast)
+    with torch.no_grad():
+        for p, q in zip(model.matrices(), base):
+            p.copy_(q)
     for p, g in zip(model.parameters(), grads):
         p.requires_grad_(g)
     if world > 1:
         dist.all_reduce(sums)
         gathered = [None] * world
-        dist.all_gather_object(gathered, bad)
-        bad = [d for part in gathered for d in part]
+        dist.all_gather_object(gathered, (bad, unadapted, at))
+        bad, unadapted = [d for part in gathered for d in part[0]], [d for part in gathered for d in part[1]]
+        at = min((part[2] for part in gathered if part[2] is not None), default=None)
     loss = (sums[0] / sums[1]).item()
     info = dict(docs=len(starts), tokens=int(sums[1].item()), bytes=int(sums[2].item()), nonfinite=sorted(bad),
-                window_tokens=window_tokens)  # this rank's forward (+ backward) work
+                unadapted=sorted(unadapted), deadline_at=at, phase_steps=steps, window_tokens=sum(work))
     return loss, loss / math.log(2) * (sums[1] / sums[2]).item(), info
+
+
+def batch_adapters(lora: dict) -> dict:
+    """Copies (not views: no guard on the batch size) of a batch's adapters, only their batch dim dynamic for the
+    compiled forward: a rank or row count equal to a window's width would otherwise share its symbol, and the graph
+    would recompile when they part (at the default, the k adapter's 256 rows and the first chunk's 256 tokens)."""
+    out = {}
+    for name, pair in lora.items():
+        out[name] = tuple(t.clone() for t in pair)
+        for t in out[name]:
+            torch._dynamo.mark_static(t, (1, 2))
+    return out
 
 
 @torch.no_grad()
@@ -619,17 +877,34 @@ ZSTD_PARAMS = dict(window_log=20, hash_log=17, chain_log=16, search_log=1, min_m
 MATRIX_KINDS = ("up", "down", "o", "q", "v", "k")  # the artifact's order: one kind after another
 
 
-def gptq(w: torch.Tensor, step: torch.Tensor, hessian: torch.Tensor, damp: float, block: int = 128) -> torch.Tensor:
+def inverse_hessian_factor(hessian: torch.Tensor, damp: float, tries: int = 3) -> tuple[torch.Tensor | None, float]:
+    """(U, damping used): the upper Cholesky factor of the inverse of H + damp x mean(diag H) I, in fp64. An
+    indefinite H (rounding, or too few tokens for the input's dimension) retries with 10x the damping each time;
+    (None, last damping) when every try fails."""
+    H = hessian.double()
+    for _ in range(tries):
+        L, info = torch.linalg.cholesky_ex(H + damp * H.diagonal().mean() * torch.eye(len(H), dtype=H.dtype, device=H.device))
+        if info.item() == 0:
+            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            if info.item() == 0 and bool(U.isfinite().all()):
+                return U, damp
+        damp *= 10
+    return None, damp / 10
+
+
+def gptq(w: torch.Tensor, step: torch.Tensor, hessian: torch.Tensor, damp: float, block: int = 128) -> tuple[torch.Tensor, str]:
     """GPTQ (Frantar et al. 2022): round w (out, in) to multiples of step (broadcast to w) one input column at a time,
     largest Hessian diagonal first, moving each column's rounding error onto the columns not yet rounded through the
     Cholesky factor of the damped inverse Hessian. Works on the transpose (a column is a contiguous row). Returns int8
-    multiples, clamped to +-127."""
+    multiples, clamped to +-127, and how: "" (as asked), "damp=X" (more damping was needed), or "rtn" (no damping
+    gave a factor: rounded to nearest)."""
     H = hessian.float().clone()
     H.diagonal()[H.diagonal() <= 0] = 1.0  # inputs never seen
     order = torch.argsort(H.diagonal(), descending=True)
-    W, S, H = w.float()[:, order].T.contiguous(), step.float().expand_as(w)[:, order].T.contiguous(), H[order][:, order]
-    H.diagonal().add_(damp * H.diagonal().mean())
-    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    U, used = inverse_hessian_factor(H[order][:, order], damp)
+    if U is None:
+        return (w.float() / step.float()).round().clamp(-127, 127).to(torch.int8), "rtn"
+    W, S, U = w.float()[:, order].T.contiguous(), step.float().expand_as(w)[:, order].T.contiguous(), U.float()
     Q = torch.empty_like(W)
     for a in range(0, W.size(0), block):
         b = min(a + block, W.size(0))
@@ -639,7 +914,7 @@ def gptq(w: torch.Tensor, step: torch.Tensor, hessian: torch.Tensor, damp: float
             torch.addcmul(Wb[i], Q[a + i], S[a + i], value=-1, out=E[i]).div_(U[a + i, a + i])
             Wb[i + 1:].addr_(U[a + i, a + i + 1:b], E[i], alpha=-1)
         W[b:].addmm_(U[a:b, b:].T, E, alpha=-1)
-    return Q.T[:, torch.argsort(order)].to(torch.int8)
+    return Q.T[:, torch.argsort(order)].to(torch.int8), "" if used == damp else f"damp={used:g}"
 
 
 def rms_step(w: torch.Tensor, lam: float) -> torch.Tensor:
@@ -649,21 +924,25 @@ def rms_step(w: torch.Tensor, lam: float) -> torch.Tensor:
 
 def quantize_matrix(w: torch.Tensor, lam: float, kind: str, hessian: torch.Tensor | None, damp: float):
     """Step = lam x the row's RMS; round to nearest, or GPTQ with the Hessian of the matrix's input. Returns the int8
-    rows and the fp16 steps (the values are rounded with the fp16 step, so q * step is exactly what loads)."""
+    rows, the fp16 steps (the values are rounded with the fp16 step, so q * step is exactly what loads) and how GPTQ
+    went ("" when it went as asked, or with no Hessian)."""
     w = w.float()
     step = rms_step(w, lam)
+    how = ""
     if hessian is None:
         q = (w / step).round().clamp(-127, 127).to(torch.int8)
     elif kind in INPUT_ROWS:
-        q = gptq(w.T, step.T, hessian, damp).T
+        q, how = gptq(w.T, step.T, hessian, damp)
+        q = q.T
     else:
-        q = gptq(w, step, hessian, damp)
-    return q, step.half()
+        q, how = gptq(w, step, hessian, damp)
+    return q, step.half(), how
 
 
-def quantized_tensors(model: GPT, h, lam: float, hessians: dict | None) -> list:
+def quantized_tensors(model: GPT, h, lam: float, hessians: dict | None, fallbacks: dict | None = None) -> list:
     """[(name, role, array)] in artifact order, grouped by kind of matrix: step lam x row RMS for block matrices,
-    EMBED_STEP_RATIO x lam for the embedding; GPTQ given Hessians, else round to nearest."""
+    EMBED_STEP_RATIO x lam for the embedding; GPTQ given Hessians (named by hessian_name), else round to nearest.
+    Matrices whose GPTQ needed more damping or fell back to rounding land in `fallbacks` {name: how}."""
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     named, out = dict(model.named_parameters()), []
     blocks = [(f"blocks.{i}.{kind}", kind) for kind in MATRIX_KINDS for i in range(len(model.blocks))]
@@ -673,7 +952,10 @@ def quantized_tensors(model: GPT, h, lam: float, hessians: dict | None) -> list:
         if not free:
             w = F.normalize(w, dim=-1)  # what the forward uses (SPHERE_OPT=wn stores free rows)
         ratio = h.embed_step_ratio if kind == "emb" else 1.0
-        q, step = quantize_matrix(w, lam * ratio, kind, None if hessians is None else hessians[name], h.gptq_damp)
+        q, step, how = quantize_matrix(w, lam * ratio, kind, None if hessians is None else hessians[hessian_name(name)],
+                                       h.gptq_damp)
+        if how and fallbacks is not None:
+            fallbacks[name] = how
         out.append((name, "rows" if free else "unit", q.cpu().numpy()))
         if free:
             out.append((name, "step", step.cpu().numpy()))
@@ -761,12 +1043,16 @@ def finest_step(model: GPT, h) -> float:
     return worst / 127
 
 
-def export_by_rate(model: GPT, h, lo: int, hi: int, hessians: dict | None) -> tuple[bytes, str]:
-    """The step multiple that fills [lo, hi], searched with round-to-nearest (cheap), then,
-    given Hessians, refined with GPTQ (each try a full GPTQ pass)."""
+def export_by_rate(model: GPT, h, lo: int, hi: int, hessians: dict | None) -> tuple[bytes, str, dict]:
+    """The step multiple that fills [lo, hi], searched with round-to-nearest (cheap), then, given Hessians, refined
+    with GPTQ (each try a full GPTQ pass). Returns the artifact, how it was made, and GPTQ's fallbacks {name: how}
+    (they depend on the Hessians alone, so every GPTQ try has the same)."""
+    fallbacks = {}
+
     def encode(lam, hessians=None):
         meta = {"method": "gptq" if hessians else "rtn", "step": lam, "embed_step": lam * h.embed_step_ratio}
-        return pack_artifact(quantized_tensors(model, h, lam, hessians), meta)
+        fallbacks.clear()
+        return pack_artifact(quantized_tensors(model, h, lam, hessians, fallbacks), meta)
 
     slope = -0.18 * sum(p.numel() for p in model.parameters()) / hi  # bytes ~ n (entropy - log2 lam) / 8
     lam_min = finest_step(model, h)
@@ -779,14 +1065,16 @@ def export_by_rate(model: GPT, h, lo: int, hi: int, hessians: dict | None) -> tu
     if len(data) < lo:
         what += (" (the finest step, below the budget window: the model is too small to fill it)" if lam <= lam_min
                  else " (no try landed in the budget window: the largest that fits)")
-    return data, what
+    return data, what, dict(fallbacks)
 
 
 def write_artifact(model: GPT, path: str, h, lo: int, hi: int, hessians: dict | None, log) -> int:
     """Quantize with QUANT_METHOD to between lo and hi bytes (at most hi), write `path` (via a temporary file), log
     how; returns its bytes."""
     t0 = time.perf_counter()
-    data, what = export_by_rate(model, h, lo, hi, hessians if h.quant_method == "gptq" else None)
+    data, what, fallbacks = export_by_rate(model, h, lo, hi, hessians if h.quant_method == "gptq" else None)
+    if fallbacks:  # an indefinite Hessian: logged, never raised (the trained weights must reach the artifact)
+        log(f"gptq_fallback:{len(fallbacks)} " + ",".join(f"{n}:{how}" for n, how in fallbacks.items()))
     with open(path + ".tmp", "wb") as f:
         f.write(data)
     os.replace(path + ".tmp", path)
@@ -802,6 +1090,30 @@ def load_artifact(path: str) -> dict[str, torch.Tensor]:
             return dequantize(unpack_artifact(f.read())[0])
     except Exception as e:
         raise ValueError(f"{path} is truncated or corrupt and cannot be loaded ({type(e).__name__}: {e})") from None
+
+# ------------------------------ code bytes
+# The records count code as the merged leaders do (#1855, #2135): the size of a self-extracting program that runs the
+# script, here its AST without comments and docstrings (ast.unparse: the same program), lzma-compressed, base85 in a
+# two-line wrapper. The readable script is what runs and what the record ships; tools/check.py recounts both.
+
+LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+
+
+def minified(source: str) -> str:
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree) + "\n"
+
+
+def code_wrapper(source: str) -> str:
+    """A program that runs `source` (as __main__, from its own __file__), counted as the script's code bytes."""
+    packed = base64.b85encode(lzma.compress(minified(source).encode(), lzma.FORMAT_RAW, filters=LZMA_FILTERS)).decode()
+    return ("import lzma,base64\nexec(lzma.decompress(base64.b85decode('" + packed +
+            "'),lzma.FORMAT_RAW,filters=[{'id':lzma.FILTER_LZMA2}]))\n")
 
 # ------------------------------ main
 
@@ -841,7 +1153,8 @@ class Run:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         if world > 1:
             dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu_like(h, device))
+        self.compile = compiler(h, device)
         self.logfile = None
         if rank == 0:
             os.makedirs("logs", exist_ok=True)
@@ -850,15 +1163,20 @@ class Run:
         self.log(f"run_id:{h.run_id}")
         self.log(f"python:{sys.version.split()[0]} torch:{torch.__version__}")
         self.log(f"hardware:{world}x {torch.cuda.get_device_name(device) if cuda else 'cpu'}")
+        if cuda and flash_attn_func is not None:
+            self.log(check_flash_attention(device))
         self.log(f"world_size:{world} grad_accum_steps:{self.accum} flash_attn_3:{flash_attn_func is not None and cuda}")
+        self.log(f"numerics: autocast:{'bf16' if gpu_like(h, device) else 'off'} "
+                 f"compile:{h.compile_backend if h.compile and gpu_like(h, device) else 'off'}")
         for name in HPARAMS:
             self.log(f"hparam {name}={getattr(h, name.lower())}")
-        self.log(f"code_bytes:{len(code.encode('utf-8'))}")
+        self.code_bytes = len(code_wrapper(code).encode("utf-8"))  # counted as the records count it (above)
+        self.log(f"code_bytes:{self.code_bytes} code_bytes_plain:{len(code.encode('utf-8'))}")
 
         torch.manual_seed(h.seed)
         self.model = GPT(h).to(device)
         self.log(f"model_params:{sum(p.numel() for p in self.model.parameters())}")
-        self.compiled = torch.compile(self.model, dynamic=False, fullgraph=True) if cuda and h.compile else self.model
+        self.compiled = self.compile(self.model, dynamic=False, fullgraph=True)
         # the RoPE tables are the only buffers, identical on every rank: no broadcast per forward
         self.trainer = DDP(self.compiled, device_ids=[local_rank] if cuda else None,
                            broadcast_buffers=False) if world > 1 else self.compiled
@@ -866,6 +1184,7 @@ class Run:
         self.val_tokens, self.luts = val_tokens.to(device), byte_luts(sp, h.vocab_size, device)
         self.bos = sp.bos_id()
         self.val_seqs = max(1, h.val_batch_size // (world * h.train_seq_len))
+        self.sliding = not h.ttt or bool(h.eval_sliding)  # with TTT the scored pass is TTT's
         self.train_seqs = h.train_batch_tokens // (8 * h.train_seq_len)  # per micro-batch per rank
         reserve = h.gptq_reserve_seconds if h.quant_method == "gptq" else 0.0  # GPTQ's calibration is training time
         self.cap_ms = 1000 * (h.max_wallclock_seconds - reserve) if h.max_wallclock_seconds > 0 else 0.0
@@ -882,11 +1201,11 @@ class Run:
         if self.cuda:
             torch.cuda.synchronize()
 
-    def val(self, stride: int, batch_seqs: int, seq_len: int) -> tuple[float, float]:
+    def val(self, stride: int, batch_seqs: int, seq_len: int, tokens: torch.Tensor | None = None) -> tuple[float, float]:
         def nll_fn(x, y):
             with torch.inference_mode(), self.autocast:
                 return self.compiled(x, y, reduction="none")
-        return evaluate(nll_fn, self.val_tokens, self.luts, seq_len, stride, batch_seqs)
+        return evaluate(nll_fn, self.val_tokens if tokens is None else tokens, self.luts, seq_len, stride, batch_seqs)
 
     def val_plain(self) -> tuple[float, float]:
         """Non-overlapping windows of TRAIN_SEQ_LEN: the periodic validation and the quantization gap."""
@@ -938,7 +1257,7 @@ class Run:
         h = self.h
         stream = TokenStream(train_files, h.vocab_size, pin=self.cuda)
         cap_ms = self.cap_ms
-        train_ms, step, stop = 0.0, 0, False
+        train_ms, elapsed, step, stop = 0.0, 0.0, 0, False
         self.sync()
         t0 = time.perf_counter()
         while True:
@@ -952,18 +1271,25 @@ class Run:
                 self.sync()
                 t0 = time.perf_counter()
             if last:
+                self.log_peak_memory("train")
                 if h.quant_method == "gptq":
                     self.calibrate(stream, train_ms)
+                    self.log_peak_memory("calibration")
                 return val_loss, val_bpb
-            loss = self.train_step(stream, step, self.lr_mul(step, train_ms + 1000 * (time.perf_counter() - t0)))
+            loss = self.train_step(stream, step, self.lr_mul(step, elapsed))
             step += 1
             self.sync()
-            elapsed = train_ms + 1000 * (time.perf_counter() - t0)
-            over_next = cap_ms > 0 and elapsed + 2 * elapsed / step >= cap_ms  # agreed by all ranks with the loss
-            stats = torch.stack([loss, torch.tensor(float(over_next), device=self.device)])
+            # every rank's loss and clock in one collective; the slowest clock drives the schedule and the stop rule,
+            # so every rank computes the same learning rates and stops at the same step
+            clock = torch.tensor(train_ms + 1000 * (time.perf_counter() - t0), dtype=torch.float64, device=self.device)
+            stats = torch.stack([loss.double(), clock])
             if self.world > 1:
-                dist.all_reduce(stats)
-            train_loss, stop = stats[0].item() / self.world, stats[1].item() > 0
+                gathered = [torch.zeros_like(stats) for _ in range(self.world)]
+                dist.all_gather(gathered, stats)
+                gathered = torch.stack(gathered)
+                stats = torch.stack([gathered[:, 0].mean(), gathered[:, 1].max()])
+            train_loss, elapsed = stats.tolist()
+            stop = cap_ms > 0 and elapsed + 2 * elapsed / step >= cap_ms
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"train_loss is {train_loss} at step {step}: training diverged (lower the learning rates)")
             if step <= 10 or step % h.train_log_every == 0 or stop or step == h.iterations:
@@ -974,8 +1300,7 @@ class Run:
     def budget(self) -> tuple[int, int]:
         """(lo, hi) model bytes for the export: code + model within BUDGET_WINDOW below SIZE_LIMIT, or
         TARGET_BYTES_PER_PARAM x parameters when that is smaller (A/Bs of small models at the pressure of 16 MB)."""
-        code_bytes = len(self.code.encode("utf-8"))
-        lo, hi = int(SIZE_LIMIT * (1 - BUDGET_WINDOW)) - code_bytes, SIZE_LIMIT - code_bytes
+        lo, hi = int(SIZE_LIMIT * (1 - BUDGET_WINDOW)) - self.code_bytes, SIZE_LIMIT - self.code_bytes
         if self.h.target_bytes_per_param > 0:
             target = int(self.h.target_bytes_per_param * sum(p.numel() for p in self.model.parameters()))
             if target < hi:
@@ -1004,18 +1329,20 @@ class Run:
         if h.max_wallclock_seconds > 0 and ms > 1000 * h.gptq_reserve_seconds:
             self.log(f"warning: calibration took {ms / 1000:.1f}s, more than GPTQ_RESERVE_SECONDS={h.gptq_reserve_seconds}")
 
-    def log_peak_memory(self) -> None:
+    def log_peak_memory(self, phase: str) -> None:
+        """This rank's peak memory since the last phase (GPU; the CPU's max RSS cannot be reset: since the start)."""
         if self.cuda:
-            self.log(f"peak_memory allocated:{torch.cuda.max_memory_allocated() // 2**20}MiB "
+            self.log(f"peak_memory phase:{phase} allocated:{torch.cuda.max_memory_allocated() // 2**20}MiB "
                      f"reserved:{torch.cuda.max_memory_reserved() // 2**20}MiB")
+            torch.cuda.reset_peak_memory_stats()
         else:
             import resource
-            self.log(f"peak_memory maxrss:{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}MiB")
+            self.log(f"peak_memory phase:{phase} maxrss:{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}MiB")
 
     def export(self, path: str) -> int:
         """Rank 0 saves the trained weights (final_model.pt) and writes the artifact; every rank returns code + model
         bytes."""
-        h, code_bytes = self.h, len(self.code.encode("utf-8"))
+        h, code_bytes = self.h, self.code_bytes
         if self.rank == 0:
             torch.save(self.model.state_dict(), "final_model.pt")
             write_artifact(self.model, path, h, *self.budget(), self.hessians, self.log)
@@ -1029,10 +1356,47 @@ class Run:
                      "this run cannot be submitted")
         return total
 
+    def warm_up_eval(self, fwd) -> None:
+        """Compile (and run once) every graph the scoring will use, on random tokens, before the evaluation clock: no
+        validation token is read (#1530 was flagged for warming up on them). TTT: documents of every length up to
+        EVAL_SEQ_LEN + TTT_CHUNK, batches adapted and forward-only (the deadline's path); the adapters are thrown away
+        and the base weights are never trained. The sliding window, when it will run: its batch shape."""
+        h = self.h
+        self.sync()
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(12345 + self.rank)
+        if h.ttt:
+            n = 2 * self.world * h.ttt_batch_docs + 2
+            lengths = torch.linspace(h.ttt_chunk // 2, h.eval_seq_len + h.ttt_chunk, n).long()
+            tokens = torch.randint(0, h.vocab_size, (int(lengths.sum()) + 1,), generator=g)
+            tokens[torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])] = self.bos
+            # the first batch adapts, the later ones are past a deadline: both graphs compile now
+            tokens = tokens.to(self.device)
+            evaluate_ttt(self.model, tokens, self.luts, h, self.bos, self.autocast, fwd, deadline=time.perf_counter())
+            if h.ttt_phases:  # phased TTT's base-weight step (weight gradients: its own graph), then undone
+                base = [p.detach().clone() for p in self.model.matrices()]
+                self.model.requires_grad_(False)
+                adapt_base(self.model, fwd, tokens, *documents(tokens, self.bos), h, self.autocast)
+                self.model.requires_grad_(True)
+                with torch.no_grad():
+                    for p, q in zip(self.model.matrices(), base):
+                        p.copy_(q)
+        if self.sliding:
+            n = (self.world * h.eval_batch_seqs + 1) * h.eval_stride + h.eval_seq_len + 1
+            self.val(h.eval_stride, h.eval_batch_seqs, h.eval_seq_len,
+                     torch.randint(0, h.vocab_size, (n,), generator=g).to(self.device))
+        self.sync()
+        self.log(f"{'ttt' if h.ttt else 'eval'}_warmup_time:{1000 * (time.perf_counter() - t0):.0f}ms "
+                 "(random tokens, before the evaluation clock)")
+
     def score(self, path: str, pre_bpb: float) -> None:
         """The score comes from the file alone: poison every weight, load all of them from it, then evaluate. The
-        evaluation phase (counted against the 600 s) starts with reading the file."""
+        evaluation phase (counted against the 600 s, EVAL_BUDGET_SECONDS its deadline) starts with reading the file,
+        after the warm-up. With TTT the scored pass is TTT alone (EVAL_SLIDING=1 adds the sliding window)."""
         h = self.h
+        fwd = self.compile(self.model, dynamic=True, fullgraph=True) if h.ttt else None
+        self.warm_up_eval(fwd)
+        graphs = compiled_graphs()
         self.sync()
         t_eval = time.perf_counter()
         with torch.no_grad():
@@ -1043,36 +1407,66 @@ class Run:
         except (ValueError, RuntimeError) as e:
             fail(str(e), self.log)
         self.log(f"artifact_load_time:{1000 * (time.perf_counter() - t_eval):.0f}ms")
+        self.sync()
+        t0 = time.perf_counter()
         q_loss, q_bpb = self.val_plain()
-        self.log(f"final_roundtrip_plain val_loss:{q_loss:.4f} val_bpb:{q_bpb:.4f}")
+        plain_s = time.perf_counter() - t0
+        self.log(f"final_roundtrip_plain val_loss:{q_loss:.4f} val_bpb:{q_bpb:.4f} eval_time:{1000 * plain_s:.0f}ms")
         self.log(f"quant_gap_bpb:{q_bpb - pre_bpb:.4f}")
+        base_bpb, base = q_bpb, "plain"
+        if self.sliding:
+            # its time, estimated from the plain pass (EVAL_SEQ_LEN / EVAL_STRIDE times the windows); with TTT it
+            # may use at most half of what is left, the same decision on every rank (rank 0's clock)
+            est = plain_s * h.eval_seq_len / h.eval_stride
+            left = torch.tensor(h.eval_budget_seconds - (time.perf_counter() - t_eval), device=self.device)
+            if self.world > 1:
+                dist.broadcast(left, 0)
+            if h.ttt and est > left.item() / 2:
+                self.log(f"sliding_skipped: estimated {est:.0f}s, more than half of the {left.item():.0f}s left")
+            else:
+                base_bpb, base = self.score_sliding(), "sliding"
+        self.log_peak_memory("eval")
+        if h.ttt:
+            self.score_ttt(fwd, base_bpb, base, t_eval)
+            self.log_peak_memory("ttt")
+        self.log(f"eval_phase_time:{1000 * (time.perf_counter() - t_eval):.0f}ms")
+        self.log(f"eval_phase_compiles:{compiled_graphs() - graphs}" + (" (graphs compiled inside the evaluation clock: "
+                 "the warm-up missed a shape)" if compiled_graphs() > graphs else ""))
+
+    def score_sliding(self) -> float:
+        h = self.h
         self.sync()
         t0 = time.perf_counter()
         s_loss, s_bpb = self.val(h.eval_stride, h.eval_batch_seqs, h.eval_seq_len)
         self.sync()
         self.log(f"final_roundtrip val_loss:{s_loss:.4f} val_bpb:{s_bpb:.4f} eval_time:{1000 * (time.perf_counter() - t0):.0f}ms")
         self.log(f"final_roundtrip_exact val_loss:{s_loss:.8f} val_bpb:{s_bpb:.8f}")
-        if h.ttt:
-            self.score_ttt(s_bpb)
-        self.log(f"eval_phase_time:{1000 * (time.perf_counter() - t_eval):.0f}ms")
+        return s_bpb
 
-    def score_ttt(self, plain_bpb: float) -> None:
-        """The score with test-time training (the run's final score), next to the plain sliding-window one; its time
-        and that time scaled to the full validation split (FULL_VAL_TOKENS) on 8 devices like this one."""
+    def score_ttt(self, fwd, base_bpb: float, base: str, t_eval: float) -> None:
+        """The score with test-time training (the run's final score) and its gain over the plain (or sliding) score
+        of the same weights; its time and that time scaled to the full validation split (FULL_VAL_TOKENS) on 8
+        devices like this one; the documents the deadline left unadapted."""
         h = self.h
-        fwd = torch.compile(self.model, dynamic=True, fullgraph=True) if self.cuda and h.compile else self.model
         self.sync()
         t0 = time.perf_counter()
-        loss, bpb, info = evaluate_ttt(self.model, self.val_tokens, self.luts, h, self.bos, self.autocast, fwd)
+        deadline = t_eval + h.eval_budget_seconds if h.eval_budget_seconds > 0 else None
+        loss, bpb, info = evaluate_ttt(self.model, self.val_tokens, self.luts, h, self.bos, self.autocast, fwd,
+                                       deadline=deadline)
         self.sync()
         ms = 1000 * (time.perf_counter() - t0)
         self.log(f"final_ttt_roundtrip val_loss:{loss:.4f} val_bpb:{bpb:.4f} eval_time:{ms:.0f}ms")
         self.log(f"final_ttt_roundtrip_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f}")
         full_s = ms / 1000 * FULL_VAL_TOKENS / self.val_tokens.numel() * self.world / 8
-        self.log(f"ttt gain_bpb:{bpb - plain_bpb:.4f} docs:{info['docs']} tokens:{info['tokens']} time:{ms:.0f}ms "
-                 f"full_split_8x_this_device:{full_s:.0f}s")
-        bad = info["nonfinite"]
+        self.log(f"ttt gain_bpb:{bpb - base_bpb:.4f} vs:{base} docs:{info['docs']} tokens:{info['tokens']} "
+                 f"time:{ms:.0f}ms full_split_8x_this_device:{full_s:.0f}s")
+        if h.ttt_phases:
+            self.log(f"ttt_phases:{h.ttt_phases} steps_taken:{info['phase_steps']}")
+        bad, late = info["nonfinite"], info["unadapted"]
         self.log(f"ttt_nonfinite_docs:{len(bad)}" + (f" first:{','.join(map(str, bad[:20]))}" if bad else ""))
+        if late:
+            self.log(f"ttt_deadline docs_unadapted:{len(late)} at:{t0 - t_eval + info['deadline_at']:.1f}s "
+                     f"first:{','.join(map(str, late[:20]))}")
 
     def close(self) -> None:
         if self.world > 1:
@@ -1091,7 +1485,6 @@ def main():
         val_loss, val_bpb = run.train(train_files)
     except (ValueError, FloatingPointError) as e:
         fail(str(e), run.log)
-    run.log_peak_memory()
     run.log(f"pre_quant val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f}")
     total = run.export("final_model.ptz")
     run.score("final_model.ptz", val_bpb)

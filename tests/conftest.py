@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 import data
+from tools.tiny import TINY_RUN  # the tiny runs' settings (tools/tiny.py, shared with tools/gpu_check.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TOKENIZER = ROOT.parent / "shared" / "data" / "tokenizers" / "fineweb_1024_bpe.model"
@@ -72,11 +73,6 @@ def official_tokenizer():
 
 
 # ------------------------------------------------------------------ real runs of train_gpt.py
-
-TINY_RUN = {"NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "TRAIN_SEQ_LEN": "64",
-            "TRAIN_BATCH_TOKENS": "4096", "ITERATIONS": "40", "WARMUP_STEPS": "2", "WARMDOWN_ITERS": "10",
-            "MUON_MOMENTUM_WARMUP_STEPS": "10",
-            "VAL_LOSS_EVERY": "20", "TRAIN_LOG_EVERY": "10", "EVAL_STRIDE": "16", "MAX_WALLCLOCK_SECONDS": "0"}
 
 
 @pytest.fixture(scope="session")

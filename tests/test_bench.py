@@ -1,5 +1,8 @@
 """tools/bench.py on CPU with tiny shapes: the standard model's shapes, the CLI's train, eval and ttt modes, its errors.
-Only that the numbers exist is checked here; their values come from the benchmark on real hardware."""
+Only that the numbers exist is checked here; their values come from the benchmark on real hardware. The memory mode's
+numbers are checked: its fake-tensor counts against real tensors, its CUDA autocast against CUDA's kernels, its saved
+activations against a hand count, and the default shape's training step against a 60 GB budget."""
+import contextlib
 import json
 import math
 import os
@@ -11,6 +14,7 @@ import torch
 
 import train_gpt
 from _logs import REPO
+from tools import bench as bench_tool
 from tools.bench import StandardGPT
 
 BENCH = [sys.executable, str(REPO / "tools" / "bench.py")]
@@ -19,8 +23,9 @@ TINY = dict(NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", TRA
 
 
 def bench(*args, env=TINY, timeout=120):
-    # one thread: the shared 2-core machine makes multi-threaded tiny matmuls spin for hundreds of ms
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    # one thread: the shared 2-core machine makes multi-threaded tiny matmuls spin for hundreds of ms; no hyperparameter
+    # from the caller's environment
+    full_env = {**{k: v for k, v in os.environ.items() if k not in train_gpt.HPARAMS}, "OMP_NUM_THREADS": "1", **env}
     return subprocess.run(BENCH + list(args), env=full_env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
@@ -85,6 +90,118 @@ def test_help_and_bad_arguments():
         assert run.returncode != 0
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and reason in lines[0], run.stderr
+
+
+PHASES = ("train", "eval", "ttt", "gptq")
+SP8192 = dict(VOCAB_SIZE="8192", NUM_LAYERS="11", MLP_MULT="4")
+
+
+def test_memory_fake_tensors_count_what_real_tensors_do():
+    """The memory mode's counts on fake tensors (FakeTensorMode) equal, to the byte, the same hooks on a real CPU run
+    at a tiny shape (2 layers x 64 dim, seq 64, batch 4): saved tensors by section and shape, live bytes."""
+    h = train_gpt.load_hparams(TINY)
+    torch.manual_seed(0)
+    for measure, args in ((bench_tool.measure_train, (4,)), (bench_tool.measure_ttt, (3, 64)),
+                          (bench_tool.measure_eval, (4, 64)), (bench_tool.measure_calibration, (4,))):
+        fake, real = measure(h, *args, fake=True), measure(h, *args, fake=False)
+        assert fake == real, measure.__name__
+        assert fake["live_peak"] > 0
+    train = bench_tool.measure_train(train_gpt.load_hparams({**TINY, "TRAIN_SEQ_LEN": "48"}), 4)
+    assert set(train["saved"]) == {"embedding", "blocks", "logits", "weight_casts"}
+    # the attention stand-in saves the fp32 log-sum-exp (B, H, T), never a T x T matrix
+    assert ("blocks", (4, 4, 48), "float32", 4 * 4 * 48 * 4) in train["items"]
+    assert not any(shape[-2:] == (48, 48) for _, shape, _, _ in train["items"])
+    # what the forward leaves alive is what autograd saved, less the token ids (x and y: one int64 storage, made
+    # before the count starts), plus the loss
+    assert train["live_after_forward"] == sum(train["saved"].values()) - 2 * 4 * 48 * 8 + 4
+
+
+def test_memory_cuda_autocast_emulation_matches_the_cuda_kernels(monkeypatch):
+    for env in ({}, {"NORM": "approx"}, {"SPHERE_OPT": "wn"}, {"TTT_TARGETS": "q,k,v,o,up,down,head"}, SP8192):
+        assert bench_tool.check_cuda_autocast(train_gpt.load_hparams({**TINY, **env, "MODEL_DIM": "64"})) == "", env
+    # the check has teeth: without CUDA's fp32 pow the MLP's square would stay bf16
+    fp32 = tuple(op for op in bench_tool.CUDA_AUTOCAST["fp32"] if not op.startswith("pow"))
+    monkeypatch.setitem(bench_tool.CUDA_AUTOCAST, "fp32", fp32)
+    assert "pow" in bench_tool.check_cuda_autocast(train_gpt.load_hparams(TINY))
+
+
+@pytest.mark.parametrize("env", [{}, SP8192, {"NUM_KV_HEADS": "8", "ROPE_DIMS": "16", "MLP_MULT": "3"}])
+def test_memory_saved_activations_match_a_hand_count(env):
+    """An independent count, read off Block.forward under CUDA autocast, bytes per token of one block: q, k, v each
+    save a bf16 copy of the fp32 residual (3 x 2d); q: RoPE output, 1/norm per head, unit output (2d + 4H + 2d); k:
+    RoPE output, 1/norm (2kv + 4KVH); attention: q, k, v, output, fp32 LSE (2d + 2kv + 2kv + 2d + 4H); each LERP: y,
+    1/norm, unit(y) - x in fp32, the fp32 sum, 1/norm (2d + 4 + 4d + 4d + 4); MLP: the input copy, up's output, the
+    gained one, its fp32 cast for the square (CUDA autocast: pow is fp32), the bf16 square (2d + 2f + 2f + 4f + 2f).
+    Per position (not per token): the bf16 cos/sin casts (4 x T x ROPE_DIMS), the LERPs' fp32 alphas (8d), the q and
+    MLP gains' bf16 casts (2d + 2f). Embedding: the ids (x and y: one int64 storage), the fp32 embedding, 1/norm;
+    logits: the head's bf16 input and the fp32 logits twice (scaled and log-softmax), 2 scalars."""
+    h = train_gpt.load_hparams({**env, "NUM_LAYERS": "2"})
+    seqs, T = 2, h.train_seq_len
+    d, H, K, V = h.model_dim, h.num_heads, h.num_kv_heads, h.vocab_size
+    kv, f, tokens = K * d // H, int(h.mlp_mult * d), seqs * T
+    per_token = (3 * 2 * d + (4 * d + 4 * H) + (2 * kv + 4 * K) + (4 * d + 4 * kv + 4 * H)) + 2 * (10 * d + 8) \
+        + (2 * d + 10 * f)
+    per_position = 4 * T * h.rope_dims + 10 * d + 2 * f
+    saved = bench_tool.measure_train(h, seqs)["saved"]
+    assert saved["blocks"] == h.num_layers * (tokens * per_token + per_position)
+    assert saved["embedding"] == tokens * (2 * 8 + 4 * d + 4)
+    assert saved["logits"] == tokens * (2 * d + 8 * V) + 8
+
+
+def check_memory_output(stdout: str) -> dict:
+    out = last_json(stdout)
+    assert out["mode"] == "memory" and set(out["phases"]) == set(PHASES)
+    for name in PHASES:  # one row per phase, in GiB, with its breakdown
+        row = next(line for line in stdout.splitlines() if line.split()[:1] == [name])
+        assert f"{out['phases'][name]['total'] / 2**30:.2f} GiB" in row and "params" in row
+    assert "worst phase:" in stdout and "H100" in stdout
+    return out
+
+
+def memory_in_process(env: dict, monkeypatch, capsys) -> dict:
+    """bench.main(["--mode", "memory"]) in this process (no second torch import: seconds saved per test)."""
+    for name in train_gpt.HPARAMS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    bench_tool.main(["--mode", "memory"])
+    return check_memory_output(capsys.readouterr().out)
+
+
+def test_memory_mode_prints_the_four_phases_and_json():
+    run = bench("--mode", "memory")
+    assert run.returncode == 0, run.stderr
+    out = check_memory_output(run.stdout)
+    train = out["phases"]["train"]
+    assert set(train["parts"]) >= {"params", "grads", "optimizer", "ddp_buckets", "activations", "logits",
+                                   "backward_transient"}
+    assert train["parts"]["ddp_buckets"] == train["parts"]["grads"] > 0  # world 8
+    assert out["worst_bytes"] == max(p["total"] for p in out["phases"].values()) and out["fits"]
+    assert "saved for backward per token per layer" in run.stdout
+    h = train_gpt.load_hparams(TINY)  # as many Hessians as train_gpt.collect_hessians makes on real tensors
+    x, y = torch.randint(h.vocab_size, (2, 2, 16))
+    assert out["hessians"] == len(train_gpt.collect_hessians(train_gpt.GPT(h), [(x, y)], contextlib.nullcontext()))
+    run = bench("--mode", "memory", "--gpus", "3")
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode != 0 and len(lines) == 1 and "--gpus 3 must divide 8" in lines[0], run.stderr
+
+
+def test_memory_default_shape_training_step_fits_60_gb(monkeypatch, capsys):
+    """The default shape (train_gpt.HPARAMS, 8 GPUs: 48 x 2048 tokens per micro-batch) must stay under 60 GB
+    (60e9 bytes = 55.9 GiB) per rank in the training step, eager: 20 GB of an 80 GB H100 left for what the estimate
+    does not count (CUDA context, workspaces, fragmentation)."""
+    out = memory_in_process({}, monkeypatch, capsys)
+    assert out["shape"]["batch_tokens"] == 48 * 2048 and out["world"] == 8
+    train = out["phases"]["train"]["total"]
+    assert train <= 60e9, f"training step {train / 1e9:.1f} GB = {train / 2**30:.1f} GiB per rank, over 60 GB"
+
+
+def test_memory_mode_at_the_sp8192_preset(monkeypatch, capsys):
+    out = memory_in_process(SP8192, monkeypatch, capsys)
+    assert out["shape"]["vocab_size"] == 8192 and out["shape"]["num_layers"] == 11
+    logits = out["phases"]["train"]["parts"]["logits"]
+    assert logits == 48 * 2048 * (2 * 512 + 8 * 8192) + 8  # the fp32 logits: 6 GiB of the step
+    assert out["fits"]
 
 
 @pytest.mark.gpu

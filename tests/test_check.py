@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 from _logs import REPO, copy_run, edit_body, sub_line, synthesize_runs
-from tools.check import check_log, violations
+from tools.check import check_log, counted_code_bytes, violations
 from tools.runlog import parse_log
 
 CHECK = [sys.executable, str(REPO / "tools" / "check.py")]
@@ -19,7 +19,8 @@ def test_clean_logs_pass(cpu_runs):
         rows = check_log(run["log"], run["script"], run["ptz"])
         assert violations(rows) == [], rows
         assert {row.rule for row in rows} == {
-            "artifact bytes", "bytes match log", "training time", "evaluation time", "final score",
+            "artifact bytes", "code counting", "bytes match log", "training time", "evaluation time",
+            "evaluation warm-up", "final score",
             "source matches script", "finite losses", "no error line", "8x H100"}
 
 
@@ -35,7 +36,7 @@ def test_synthetic_source_is_split_off(tmp_path):
 
 def _grow_ptz(run, total):
     """Resize the ptz so script + ptz == total bytes and make the log's byte line agree."""
-    code = run["script"].stat().st_size
+    code = counted_code_bytes(run["script"].read_text())
     run["ptz"].write_bytes(b"\0" * (total - code))
     edit_body(run["log"], lambda body: sub_line(
         body, "submission_bytes ", r"model:\d+ total:\d+", f"model:{total - code} total:{total}"))
@@ -78,9 +79,9 @@ def test_evaluation_time_falls_back_to_final_roundtrip(cpu_runs, tmp_path):
     run = copy_run(cpu_runs[0], tmp_path / "run")
     edit_body(run["log"], lambda body: re.sub(r"(?m)^eval_phase_time:.*\n", "", body))
     assert failed(run) == set()
-    edit_body(run["log"], lambda body: sub_line(body, "final_roundtrip ", r"eval_time:\S+", "eval_time:300000ms"))
+    edit_body(run["log"], lambda body: sub_line(body, "final_roundtrip_plain ", r"eval_time:\S+", "eval_time:300000ms"))
     assert failed(run) == set()
-    # with TTT the plain score and the TTT score both count: 300,000 + 300,001 ms is over
+    # with TTT the plain pass and the TTT score both count: 300,000 + 300,001 ms is over
     edit_body(run["log"], lambda body: sub_line(body, "final_ttt_roundtrip ", r"eval_time:\S+", "eval_time:300001ms"))
     assert failed(run) == {"evaluation time"}
 

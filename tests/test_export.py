@@ -14,7 +14,7 @@ import torch
 
 import train_gpt
 from train_gpt import (GPT, MATRIX_KINDS, SIZE_LIMIT, TokenStream, byte_luts, collect_hessians, dequantize, evaluate,
-                       finest_step, gptq,
+                       finest_step, gptq, hessian_name,
                        load_artifact, load_hparams, load_tokens, make_optimizers, pack_artifact, quantized_tensors,
                        shard_files, unpack_artifact, write_artifact)
 
@@ -106,14 +106,14 @@ def test_gptq_beats_round_to_nearest_on_a_known_hessian():
     hessian = x.T @ x
     for step in (0.25 * torch.ones(96, 1), 0.25 * torch.rand(1, 128, generator=g) + 0.1):  # per row, per column
         rtn = (w / step).round().clamp(-127, 127)
-        q = gptq(w, step, hessian, damp=0.01).float()
+        q = gptq(w, step, hessian, damp=0.01)[0].float()
 
         def err(q):
             return ((w - q * step) @ x.T).square().sum().item()
 
         print(f"step {tuple(step.shape)}: output error GPTQ / round-to-nearest = {err(q) / err(rtn):.3f}")
         assert err(q) < 0.2 * err(rtn)
-        assert torch.equal(gptq(w, step, torch.diag(hessian.diagonal()), damp=0.01).float(), rtn)
+        assert torch.equal(gptq(w, step, torch.diag(hessian.diagonal()), damp=0.01)[0].float(), rtn)
 
 
 def test_calibration_hooks_collect_each_matrix_input_gram():
@@ -125,11 +125,10 @@ def test_calibration_hooks_collect_each_matrix_input_gram():
         model(x, x)
     model.calibrating(None)
     assert model.hessians is None and all(b.hessians is None for b in model.blocks)
-    names = {f"blocks.{i}.{k}" for i in range(2) for k in MATRIX_KINDS} | {"emb.weight"}
-    assert set(seen) == names
+    names = {hessian_name(f"blocks.{i}.{k}") for i in range(2) for k in MATRIX_KINDS} | {"emb.weight"}
+    assert set(seen) == names and "blocks.0.qkv" in names and len(names) == 2 * 4 + 1  # q, k, v share one input
     inp = train_gpt.unit(model.emb(x)).reshape(-1, 64)  # block 0's attention input
-    for kind in ("q", "k", "v"):
-        assert torch.allclose(seen[f"blocks.0.{kind}"], inp.T @ inp, atol=1e-5)
+    assert torch.allclose(seen["blocks.0.qkv"], inp.T @ inp, atol=1e-5)
     hidden = int(h.mlp_mult * h.model_dim)
     assert seen["blocks.1.down"].shape == (hidden, hidden) and seen["emb.weight"].shape == (64, 64)
     # the hooks cost the compiled training graph nothing: no graph break while not calibrating
@@ -160,7 +159,7 @@ def test_budget_search_lands_in_its_window(tmp_path):
         if p.ndim == 2:
             d = p.size(0) if name.rsplit(".", 1)[-1] in ("o", "down") else p.size(1)
             x = torch.randn(512, d)
-            hessians[name] = x.T @ x
+            hessians[hessian_name(name)] = x.T @ x
     for method, model_bytes in (("rtn", int(0.45 * n)), ("gptq", int(0.40 * n))):
         h.quant_method = method
         lo = int(model_bytes * 0.995)  # as narrow as main()'s window at 16 MB

@@ -1,284 +1,330 @@
-"""tools/gpu_check.py: its --dry-run on the CPU (tiny stand-ins really run, CUDA steps named as "would run"), its
-argument errors, its step runner (a failed step is reported and later steps still run), and a full run on a GPU."""
+"""tools/gpu_check.py on the CPU: the dry run of each call end to end on the tiny shards (the very steps of the full
+plan under tools/tiny.py's environment), the plans themselves, a failing step, argument errors, the timeout kill, and
+the summary's rows read from synthetic logs and bench output."""
 import json
-import math
 import os
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from _logs import REPO
-from tools import gpu_check
-from tools.gpu_check import Step, failure_reason, run_steps
+from _logs import FAKE_SOURCE, REPO, SEPARATOR
+from tools import gpu_check, tiny
+from tools.gpu_check import Step, collect, plan, run_steps, table
+from tools.runlog import parse_log
 
 GPU_CHECK = [sys.executable, str(REPO / "tools" / "gpu_check.py")]
-
-
-def cli(*args, env=None, timeout=300):
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(GPU_CHECK + [str(a) for a in args], env=full_env, capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+TINY_ENV = {**tiny.TINY_TRAIN, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+TRAIN_ROWS = ["final score (TTT: final_ttt_roundtrip val_bpb)", "TTT gain (gain_bpb)",
+              "TTT full split on 8 devices like this (8x H100 projection)", "quant gap (quant_gap_bpb)", "step_avg",
+              "training time (calibration included)", "calibration time", "export time", "artifact bytes",
+              "evaluation time (eval_phase_time)", "artifact_load_time", "peak memory train", "peak memory calibration",
+              "peak memory eval", "peak memory ttt", "GPTQ fallbacks (gptq_fallback)", "check.py"]
+BENCH_ROWS = ["GPU tests", "ms/step nGPT", "ms/step anGPT", "ms/step standard", "ratio nGPT/standard",
+              "ratio anGPT/standard", "ratio anGPT/nGPT", "MFU nGPT", "bench compile + warm-up nGPT"]
 
 
 def data_args(shards):
     return ["--data", shards.data_path, "--tokenizer", shards.tokenizer_path]
 
 
-@pytest.fixture(scope="module")
-def dry_run(tiny_shards, tmp_path_factory):
-    out = tmp_path_factory.mktemp("gpu_check") / "out"
+def args_for(call, shards, out, dry_run):
+    """The namespace parse_args builds, without its checks (a full plan needs no CUDA to be planned)."""
+    d = out.resolve() / f"call{call}"
+    return SimpleNamespace(call=call, dry_run=dry_run, data=Path(shards.data_path).resolve(),
+                           tokenizer=Path(shards.tokenizer_path).resolve(),
+                           vocab_size=shards.vocab_size, train_seconds=gpu_check.CALLS[call]["train_s"], dir=d,
+                           run_id=f"gpu_check_call{call}", log=d / "train" / "logs" / f"gpu_check_call{call}.txt")
+
+
+@pytest.fixture(scope="module", params=[1, 2])
+def dry_run(request, tiny_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"gpu_check_call{request.param}") / "out"
     t0 = time.perf_counter()
-    run = cli(*data_args(tiny_shards), "--out", out, "--dry-run")
+    run = subprocess.run(GPU_CHECK + ["--call", str(request.param), *data_args(tiny_shards), "--out", str(out),
+                                      "--dry-run"], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, timeout=240, cwd=REPO)
     seconds = time.perf_counter() - t0
-    print(f"gpu_check --dry-run took {seconds:.1f}s")
-    return SimpleNamespace(run=run, out=out, seconds=seconds,
-                           summary=json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists()
-                           else None)
+    print(f"gpu_check --call {request.param} --dry-run took {seconds:.1f}s")
+    path = out / f"call{request.param}" / "summary.json"
+    return SimpleNamespace(call=request.param, run=run, out=out, dir=path.parent, seconds=seconds,
+                           summary=json.loads(path.read_text()) if path.exists() else None)
 
 
-def test_dry_run_runs_the_cpu_steps_and_names_the_gpu_commands(dry_run, tiny_shards):
-    run, out, summary = dry_run.run, dry_run.out, dry_run.summary
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert summary["dry_run"] and summary["ok"] and summary["reason"] is None
-    steps = {s["name"]: s for s in summary["steps"]}
-    assert list(steps) == ["gpu_tests", "bench", "bench_eval", "train", "check"]
-    assert steps["gpu_tests"]["status"] == "would run" and steps["gpu_tests"]["command"] is None
-    assert "tests/test_bench.py::test_default_shape_on_gpu" in steps["gpu_tests"]["note"]
-    for name in ("bench", "bench_eval", "train", "check"):
-        step = steps[name]
-        assert step["status"] == "ok" and step["rc"] == 0 and step["seconds"] > 0, step
-        assert (out / step["stdout"]).is_file() and (out / step["stderr"]).is_file()
+def test_dry_run_of_each_call(dry_run, tiny_shards, monkeypatch):
+    run, s, call = dry_run.run, dry_run.summary, dry_run.call
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
+    assert s["ok"] and s["reason"] is None and s["call"] == call and s["dry_run"]
+    names = ["gpu_tests", "bench", "train", "check"] if call == 1 else ["train", "check"]
+    assert [st["name"] for st in s["steps"]] == names and all(st["status"] == "ok" for st in s["steps"])
+    assert all((dry_run.dir / st["stdout"]).is_file() and (dry_run.dir / st["stderr"]).is_file() for st in s["steps"])
+    assert dry_run.seconds < 100  # call 1 about 40 s on 2 busy cores
 
-    # the exact GPU commands, in the summary, summary.md and the console
-    would = {name: steps[name]["would_run"] for name in ("gpu_tests", "bench", "bench_eval", "train")}
-    assert would["gpu_tests"].endswith(" -m pytest -q -m gpu")
-    assert would["bench"].endswith(" tools/bench.py")
-    assert would["bench_eval"].endswith(" tools/bench.py --mode eval")
-    assert "MAX_WALLCLOCK_SECONDS=300 " in would["train"] and f"DATA_PATH={tiny_shards.data_path} " in would["train"]
+    # the dry run's steps are the full plan's under the tiny environment, the would-run lines the full commands
+    for key in ("WARMDOWN_ITERS", "MUON_MOMENTUM_WARMUP_STEPS", "EVAL_BUDGET_SECONDS"):
+        monkeypatch.delenv(key, raising=False)
+    full = plan(args_for(call, tiny_shards, dry_run.out, dry_run=False))
+    for got, want in zip(s["steps"], full, strict=True):
+        assert got["would_run"] == want.line() and got["would_run"] in run.stdout
+        assert got["cmd"] == [str(c) for c in want.cmd + gpu_check.DRY_ARGS.get(want.name, [])]
+        assert got["env"] == {**want.env, **TINY_ENV} and got["cwd"] == str(want.cwd)
+    would = {st["name"]: st["would_run"] for st in s["steps"]}
+    assert f"MAX_WALLCLOCK_SECONDS={60 if call == 1 else 240} " in would["train"]
     assert would["train"].endswith(" -m torch.distributed.run --standalone --nproc_per_node=1 train_gpt.py")
-    assert "--max-train-s 300" in steps["check"]["command"] and "--require-8xh100" not in steps["check"]["command"]
-    md = (out / "summary.md").read_text()
-    for command in would.values():
-        assert f"would run: `{command}`" in md
-        assert f"would run: {command}" in run.stdout or f"would run (full, needs CUDA): {command}" in run.stdout
-    assert md.strip() in run.stdout  # the table is printed at the end
+    assert would["check"].endswith(f" --max-train-s {60 if call == 1 else 240}")
+    if call == 1:
+        assert would["gpu_tests"].endswith(" -m pytest -q -m gpu") and would["bench"].endswith(" tools/bench.py")
+    device = f"run(timeout_s={330 if call == 1 else 390}, carry=['.whl'], command=\""
+    assert device in run.stdout and f"python3 tools/gpu_check.py --call {call} --data " in s["device_command"]
 
-    # real numbers from the steps that ran
-    bench, ev, train = (summary["results"][k] for k in ("bench", "bench_eval", "train"))
-    assert bench["hardware"] == "cpu" and bench["shape"]["model_dim"] == 64
-    for name in ("ngpt", "standard"):
-        assert bench[name]["ms_median"] > 0 and bench[name]["warmup_s"] > 0 and bench[name]["mfu"] is None
-    assert bench["ratio_ngpt_over_standard"] == pytest.approx(bench["ngpt"]["ms_median"] / bench["standard"]["ms_median"])
-    assert ev["tokens_per_s"] > 0 and ev["projected_s"] == pytest.approx(63_779_840 / (8 * ev["tokens_per_s"]))
-    assert train["steps"] == train["iterations"] == 8 and train["train_time_ms"] > 0 and train["warmup_s"] > 0
-    assert train["peak_memory"].startswith("maxrss:")
-    pre, post, final = train["pre_quant"]["val_bpb"], train["roundtrip_plain"]["val_bpb"], train["final_exact"]["val_bpb"]
-    assert all(math.isfinite(v) and 0 < v < 10 for v in (pre, post, final))
-    assert train["quant_gap_bpb"] == pytest.approx(post - pre, abs=2e-4)
-    sizes = train["submission_bytes"]
-    assert sizes["code"] == (out / "train" / "train_gpt.py").stat().st_size == (REPO / "train_gpt.py").stat().st_size
-    assert sizes["model"] == (out / "train" / "final_model.ptz").stat().st_size
-    assert summary["results"]["check"] == {"passed": True, "exit": 0, "violations": []}
-    assert summary["train_log"] == str(out / "train" / "logs" / "gpu_check.txt")
-
-    rows = {r["metric"]: r for r in summary["table"]}
-    assert rows["GPU tests"]["value"] == "would run"
-    assert rows["MFU nGPT"]["value"] == "n/a on CPU" and rows["check.py"]["value"] == "PASS"
-    for metric in ("ms/step nGPT", "ms/step standard", "ratio nGPT/standard", "eval tokens/s (1 device)",
-                   "train steps", "peak memory", "val_bpb pre-quant", "quant gap bpb", "artifact bytes", "eval time"):
-        assert rows[metric]["value"] != "n/a" and "tiny CPU stand-in" in rows[metric]["from"], rows[metric]
-        assert f"| {metric} | {rows[metric]['value']} |" in md
-    assert rows["final val_bpb (sliding window, the score)"]["value"] == f"{final:.8f}"
+    # the summary: printed at the end, written, its rows named and filled from the tiny run's log
+    md = (dry_run.dir / "summary.md").read_text()
+    assert md.strip() in run.stdout and "dry run (CPU, tiny configuration" in md
+    rows = {r["metric"]: r["value"] for r in s["table"]}
+    assert list(rows) == [r["metric"] for r in s["table"]]
+    for name in TRAIN_ROWS + (BENCH_ROWS if call == 1 else []):
+        assert name in rows and rows[name] != "n/a" and f"| {name} | " in md, (name, rows.get(name))
+    log = parse_log(dry_run.dir / "train" / "logs" / f"gpu_check_call{call}.txt")
+    assert rows["final score (TTT: final_ttt_roundtrip val_bpb)"] == f"{log['ttt_score']['val_bpb']:.8f}"
+    assert log["ttt_score"]["val_bpb"] == log["final_exact"]["val_bpb"]  # TTT's is the score check.py checks
+    assert rows["plain score (no sliding window: final_roundtrip_plain)"] == f"{log['roundtrip_plain']['val_bpb']:.4f}"
+    assert rows["GPTQ fallbacks (gptq_fallback)"] == "0" and rows["check.py"] == "PASS"
+    assert rows["peak memory ttt"].startswith("maxrss ") and rows["peak memory ttt"].endswith(" MiB")
+    ptz = dry_run.dir / "train" / "final_model.ptz"
+    assert s["results"]["train"]["submission_bytes"]["model"] == ptz.stat().st_size
+    if call == 1:
+        assert "tests/test_bench.py::test_default_shape_on_gpu" in rows["GPU tests"]
+        assert re.search(r"\d+/\d+ tests collected", rows["GPU tests"])
+        assert rows["MFU nGPT"] == "n/a on CPU" and s["results"]["bench"]["shape"]["model_dim"] == 64
+        b = s["results"]["bench"]
+        assert rows["ratio nGPT/standard"] == f"{b['ngpt']['ms_median'] / b['standard']['ms_median']:.3f}"
 
 
-def test_dry_run_time(dry_run):
-    assert dry_run.seconds < 120  # about 40 s on 2 busy cores
-
-
-@pytest.mark.parametrize("case", ["no_data", "no_shards", "no_tokenizer", "out_not_empty", "train_seconds",
-                                  "budget", "missing_required"])
-def test_bad_arguments_give_one_line(case, tiny_shards, tmp_path):
-    out = tmp_path / "out"
-    args = {"no_data": ["--data", tmp_path / "nope", "--tokenizer", tiny_shards.tokenizer_path, "--out", out],
-            "no_shards": ["--data", tmp_path, "--tokenizer", tiny_shards.tokenizer_path, "--out", out],
-            "no_tokenizer": ["--data", tiny_shards.data_path, "--tokenizer", tmp_path / "nope.model", "--out", out],
-            "out_not_empty": [*data_args(tiny_shards), "--out", out],
-            "train_seconds": [*data_args(tiny_shards), "--out", out, "--train-seconds", "0"],
-            "budget": [*data_args(tiny_shards), "--out", out, "--train-seconds", "500", "--dry-run"],
-            "missing_required": ["--data", tiny_shards.data_path, "--out", out]}[case]
-    reason = {"no_data": "is not a folder", "no_shards": "has no fineweb_train_*.bin", "no_tokenizer": "is not a file",
-              "out_not_empty": "refusing to overwrite", "train_seconds": "--train-seconds 0 must be",
-              "budget": "cannot hold", "missing_required": "--tokenizer"}[case]
-    if case == "out_not_empty":
-        out.mkdir()
-        (out / "keep.txt").write_text("mine")
-    run = cli(*args, "--dry-run", timeout=60)
-    assert run.returncode == 2
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gpu_check.py: error:") and reason in lines[0], run.stderr
-    if case == "out_not_empty":
-        assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
-    else:
-        assert not out.exists()
-
-
-def test_full_run_needs_cuda(tiny_shards, tmp_path):
-    import torch
-    if torch.cuda.is_available():
-        pytest.skip("CUDA is available")
-    run = cli(*data_args(tiny_shards), "--out", tmp_path / "out", timeout=120)
-    assert run.returncode == 2 and run.stderr.strip() == "gpu_check.py: error: CUDA is not available; on a CPU " \
-                                                         "machine use --dry-run"
-    assert not (tmp_path / "out").exists()
-
-
-def test_help():
-    run = cli("--help", timeout=60)
-    assert run.returncode == 0
-    for flag in ("--data", "--tokenizer", "--out", "--train-seconds", "--dry-run", "--budget-s"):
-        assert flag in run.stdout
-    assert "python -m pytest -q -m gpu" in run.stdout
+def test_full_plans(tmp_path, tiny_shards, monkeypatch):
+    """The issue's commands, the short schedule scaled to the training time with the environment winning, the train
+    step's reserve, the check's cap."""
+    monkeypatch.delenv("WARMDOWN_ITERS", raising=False)
+    monkeypatch.delenv("EVAL_BUDGET_SECONDS", raising=False)
+    monkeypatch.setenv("MUON_MOMENTUM_WARMUP_STEPS", "77")
+    py = sys.executable
+    for call, seconds, warmdown in ((1, "60", "50"), (2, "240", "200")):
+        steps = plan(args_for(call, tiny_shards, tmp_path, dry_run=False))
+        by = {s.name: s for s in steps}
+        assert list(by) == (["gpu_tests", "bench", "train", "check"] if call == 1 else ["train", "check"])
+        if call == 1:
+            assert by["gpu_tests"].cmd == [py, "-m", "pytest", "-q", "-m", "gpu"]
+            assert by["bench"].cmd == [py, "tools/bench.py"]
+            assert by["gpu_tests"].env == by["bench"].env == {} and by["gpu_tests"].cwd == REPO
+        train, check, work = by["train"], by["check"], tmp_path.resolve() / f"call{call}" / "train"
+        assert train.cmd == [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "train_gpt.py"]
+        eval_budget = {"EVAL_BUDGET_SECONDS": "30"} if call == 1 else {}
+        assert train.cwd == work and train.env == {
+            "WARMDOWN_ITERS": warmdown, "MUON_MOMENTUM_WARMUP_STEPS": "77", **eval_budget,
+            "MAX_WALLCLOCK_SECONDS": seconds, "DATA_PATH": str(Path(tiny_shards.data_path).resolve()),
+            "TOKENIZER_PATH": str(Path(tiny_shards.tokenizer_path).resolve()),
+            "VOCAB_SIZE": str(tiny_shards.vocab_size), "RUN_ID": f"gpu_check_call{call}"}
+        assert train.reserve_s == float(seconds) + gpu_check.CALLS[call]["overhead_s"]
+        assert check.cmd == [py, "tools/check.py", str(work / "logs" / f"gpu_check_call{call}.txt"), "--script",
+                             str(work / "train_gpt.py"), "--ptz", str(work / "final_model.ptz"),
+                             "--max-train-s", seconds]
+        assert check.cap_s == check.reserve_s == gpu_check.CHECK_S and all(s.would_run is None for s in steps)
+        assert [s.stdout.name for s in steps][-1] == f"{len(steps):02d}_check.stdout.txt"
+    monkeypatch.setenv("EVAL_BUDGET_SECONDS", "99")
+    assert plan(args_for(1, tiny_shards, tmp_path, dry_run=False))[2].env["EVAL_BUDGET_SECONDS"] == "99"
 
 
 def py(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def test_runner_reports_failures_and_keeps_going(tmp_path):
-    def step(name, cmd, **kw):
-        return Step(name, name, cmd, tmp_path, stdout=tmp_path / f"{name}.out", stderr=tmp_path / f"{name}.err", **kw)
-    steps = [step("fails", py("import sys; print('partial'); sys.exit(3)")),
-             step("slow", py("import time; print('start', flush=True); time.sleep(60)"), cap_s=3),
-             step("works", py("print('model_params:1'); print('done')"), markers=("model_params:",)),
-             step("needs", py("print('never')"), requires=tmp_path / "absent.txt"),
-             Step("gpu_only", "gpu_only", None, tmp_path, would_run="nvidia-smi")]
-    steps.append(step("last", py("print('last')")))
-    t0 = time.monotonic()
-    run_steps(steps, budget_s=60, echo=lambda _: None)
-    assert time.monotonic() - t0 < 40
-    got = {s.name: s for s in steps}
-    assert (got["fails"].status, got["fails"].rc) == ("failed", 3)
-    assert got["fails"].stdout.read_text() == "partial\n"
-    assert got["slow"].status == "timeout" and got["slow"].timeout_s == 3 and got["slow"].stdout.read_text() == "start\n"
-    assert got["works"].status == "ok" and "model_params:" in got["works"].marks
-    assert got["needs"].status == "not run" and "absent.txt missing" in got["needs"].note
-    assert got["works"].timeout_s < 60  # what was left of the budget
-    assert got["gpu_only"].status == "would run" and not got["gpu_only"].failed
-    assert got["last"].status == "ok"
-    reason = failure_reason(steps)
-    assert "\n" not in reason and reason.startswith("3 of 6 steps failed: ")
-    assert "fails (exit 3)" in reason and "slow (timeout after 3 s)" in reason and "needs (not run: " in reason
-    assert "works" not in reason and "last" not in reason and "gpu_only" not in reason
-
-
-def test_runner_starves_a_step_when_later_reservations_fill_the_budget(tmp_path):
-    steps = [Step("early", "early", py("print('x')"), tmp_path, stdout=tmp_path / "e.out", stderr=tmp_path / "e.err"),
-             Step("big", "big", py("print('y')"), tmp_path, reserve_s=58, stdout=tmp_path / "b.out",
-                  stderr=tmp_path / "b.err")]
-    run_steps(steps, budget_s=60, echo=lambda _: None)
-    assert steps[0].status == "not run" and "--budget-s left" in steps[0].note and not steps[0].stdout.exists()
-    assert steps[1].status == "ok"
-    assert failure_reason(steps) == "1 of 2 steps failed: early (not run: only 2 s of --budget-s left for it)"
-
-
-def test_gpu_marked_tests_are_found_without_importing():
-    assert "tests/test_bench.py::test_default_shape_on_gpu" in gpu_check.gpu_marked_tests()
-    assert "tests/test_gpu_check.py::test_full_run_on_gpu" in gpu_check.gpu_marked_tests()
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(bool(os.environ.get(gpu_check.INNER_ENV)), reason="already running inside tools/gpu_check.py")
-def test_full_run_on_gpu(tiny_shards, tmp_path):
-    """The real mode end to end on a CUDA machine, at a tiny shape (hyperparameters from the environment reach bench.py
-    and train_gpt.py) with a 20 s training cap. Inside gpu_check's own GPU-test step it skips (no recursion)."""
-    tiny = {**gpu_check.TINY_TRAIN, "ITERATIONS": "200", "TRAIN_LOG_EVERY": "20"}
-    run = cli(*data_args(tiny_shards), "--out", tmp_path / "out", "--train-seconds", "20", env=tiny, timeout=900)
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert run.returncode == 0, (summary["reason"], run.stdout[-4000:])
-    assert [s["status"] for s in summary["steps"]] == ["ok"] * 5
-    results = summary["results"]
-    assert results["bench"]["hardware"] != "cpu" and results["bench"]["ngpt"]["mfu"] > 0
-    assert results["bench_eval"]["projected_s"] > 0
-    assert results["train"]["peak_memory"].startswith("allocated:") and results["train"]["train_time_ms"] <= 20_000
-    assert results["check"]["passed"] and "passed" in results["gpu_tests"]["result"]
-
-
-def test_failures_reach_the_summary_and_the_exit_status(tiny_shards, tmp_path, monkeypatch, capsys):
-    """main() with stand-in commands: a failed bench, a bench_eval whose JSON is read, a train that writes no log;
-    the summary says what failed and why, later steps still run, and the exit status is 1 with a one-line reason."""
-    eval_json = json.dumps({"mode": "eval", "tokens_per_s": 1000.0, "projected_s": 7972.48, "gpus": 8,
-                            "under_600s": False, "warmup_s": 0.5})
-
+def test_a_failing_step_gives_exit_1_and_a_one_line_reason(tiny_shards, tmp_path, monkeypatch, capsys):
+    """main() with stand-in steps: the bench fails, the later steps still run, the train writes no log (the summary
+    says n/a), and the exit status is 1 with the failure on one line."""
     def fake_plan(args):
-        def step(name, code, **kw):
-            return Step(name, name, py(code), tmp_path, stdout=args.out / f"{name}.stdout.txt",
-                        stderr=args.out / f"{name}.stderr.txt", **kw)
-        return [Step("gpu_tests", "gpu_tests", None, tmp_path, would_run="python -m pytest -q -m gpu"),
-                step("bench", "import sys; print('not json'); sys.exit('bench.py: error: no CUDA')"),
-                step("bench_eval", f"print({eval_json!r})"),
-                step("train", "print('no log written')"),
-                step("check", "print('never')", requires=args.out / "train" / "logs" / "gpu_check.txt")]
+        steps = [Step("bench", py("import sys; print('not json'); sys.exit('bench.py: error: no CUDA')"), tmp_path),
+                 Step("train", py("print('no log written')"), tmp_path), Step("check", py("print('ok')"), tmp_path)]
+        for s in steps:
+            s.stdout, s.stderr = args.dir / f"{s.name}.out", args.dir / f"{s.name}.err"
+        return steps
     monkeypatch.setattr(gpu_check, "plan", fake_plan)
     out = tmp_path / "out"
-    assert gpu_check.main([*data_args(tiny_shards), "--out", str(out), "--dry-run"]) == 1
-    captured = capsys.readouterr()
-    err = captured.err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("gpu_check.py: error: 2 of 5 steps failed: bench (exit 1), check (not "
-                                               "run: "), err
-    summary = json.loads((out / "summary.json").read_text())
-    assert not summary["ok"] and summary["reason"] in err[0]
-    steps = {s["name"]: s for s in summary["steps"]}
-    assert steps["bench"]["note"] == "bench.py: error: no CUDA" and steps["bench_eval"]["status"] == "ok"
-    assert steps["train"]["status"] == "ok" and steps["check"]["status"] == "not run"
-    rows = {r["metric"]: r["value"] for r in summary["table"]}
-    assert rows["ms/step nGPT"] == "n/a" and rows["eval tokens/s (1 device)"] == "1,000"
-    assert rows["eval projected full val split on 8 GPUs"] == "7972.5 s (under 600 s: False)"
-    assert rows["final val_bpb (sliding window, the score)"] == "n/a" and rows["check.py"] == "n/a"
-    md = (out / "summary.md").read_text()
-    assert "| 2 | bench | exit 1: bench.py: error: no CUDA |" in md and "result: FAIL: 2 of 5 steps failed" in md
-    assert md.strip() in captured.out
+    assert gpu_check.main(["--call", "1", *data_args(tiny_shards), "--out", str(out), "--dry-run"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gpu_check.py: error: 1 of 3 steps failed: bench (exit 1: bench.py: "
+                                               "error: no CUDA); see "), err
+    s = json.loads((out / "call1" / "summary.json").read_text())
+    assert not s["ok"] and [st["status"] for st in s["steps"]] == ["failed", "ok", "ok"]
+    rows = {r["metric"]: r["value"] for r in s["table"]}
+    assert rows["final score (TTT: final_ttt_roundtrip val_bpb)"] == "n/a"
+    assert rows["GPTQ fallbacks (gptq_fallback)"] == "n/a"
+    assert "| 1 | bench | exit 1: bench.py: error: no CUDA |" in (out / "call1" / "summary.md").read_text()
 
 
-def test_result_readers(tmp_path):
-    path = tmp_path / "stdout.txt"
-    path.write_text('shape line\n{"a": 1}\n\n')
-    assert gpu_check.last_json(path) == {"a": 1}
-    path.write_text('{"a": 1}\ntrailing text\n')
-    assert gpu_check.last_json(path) is None and gpu_check.last_json(tmp_path / "absent") is None
-    path.write_text("..s\n1 passed, 1 skipped in 85.21s (0:01:25)\n")
-    assert gpu_check.pytest_result(path) == "1 passed, 1 skipped in 85.21s (0:01:25)"
-    path.write_text("F\n=========== 1 failed, 1 deselected in 3.10s ===========\n")
-    assert gpu_check.pytest_result(path) == "1 failed, 1 deselected in 3.10s"
+def test_timeout_kills_the_process_group_and_later_steps_still_run(tmp_path):
+    child = ("import subprocess, sys, time\n"
+             "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n")
+    # 53 s kept for the last step: the first two get 7 s each, the third (after the 3 s timeout) under MIN_STEP_S
+    steps = [Step("fails", py("import sys; print('error: boom', file=sys.stderr); sys.exit(3)"), tmp_path),
+             Step("slow", py(child + "print(c.pid, flush=True); time.sleep(60)"), tmp_path, cap_s=3),
+             Step("starved", py("print('x')"), tmp_path), Step("last", py("print('last')"), tmp_path, reserve_s=53)]
+    for s in steps:
+        s.stdout, s.stderr = tmp_path / f"{s.name}.out", tmp_path / f"{s.name}.err"
+    t0 = time.monotonic()
+    reason = run_steps(steps, budget_s=60, echo=lambda _: None)
+    assert time.monotonic() - t0 < 40
+    fails, slow, starved, last = steps
+    assert slow.status == "timeout" and slow.timeout_s == 3 and slow.outcome().startswith("timeout after 3 s: ")
+    pid = int(slow.stdout.read_text())
+    time.sleep(0.5)
+    state = (open(f"/proc/{pid}/stat").read().split()[2] if os.path.exists(f"/proc/{pid}/stat") else "gone")
+    assert state in ("gone", "Z"), state  # the grandchild went with its group
+    assert (fails.status, fails.rc, fails.note) == ("failed", 3, "error: boom")
+    assert starved.status == "not run" and "of --budget-s left" in starved.note and not starved.stdout.exists()
+    assert last.status == "ok" and last.stdout.read_text() == "last\n"
+    assert "\n" not in reason and reason.startswith("3 of 4 steps failed: fails (exit 3: error: boom), slow (timeout "
+                                                    f"after 3 s: {pid}), starved (not run: only ")
 
 
-def test_full_run_plan(tmp_path, monkeypatch):
-    """The commands a full run executes: the issue's exact commands, the training cap shared with check.py, time kept
-    for train and check while the first three steps share the rest of the budget."""
-    args = SimpleNamespace(out=tmp_path / "out", data=tmp_path / "data", tokenizer=tmp_path / "tok.model",
-                           vocab_size=1024, train_seconds=300.0, train_overhead_s=120.0, check_reserve_s=15.0,
-                           step_cap_s=180.0, dry_run=False)
-    monkeypatch.delenv("WARMDOWN_ITERS", raising=False)
-    monkeypatch.setenv("MUON_MOMENTUM_WARMUP_STEPS", "77")  # the environment wins over the short-run schedule
-    steps = gpu_check.plan(args)
-    py_ = sys.executable
-    assert [s.name for s in steps] == ["gpu_tests", "bench", "bench_eval", "train", "check"]
-    assert [s.cmd for s in steps[:3]] == [[py_, "-m", "pytest", "-q", "-m", "gpu"], [py_, "tools/bench.py"],
-                                          [py_, "tools/bench.py", "--mode", "eval"]]
-    assert all(s.cwd == REPO and s.env == {} and s.cap_s == 180 and s.reserve_s == 0 for s in steps[:3])
-    train, check = steps[3], steps[4]
-    assert train.cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "train_gpt.py"]
-    assert train.cwd == args.out / "train" and train.env == {
-        "WARMDOWN_ITERS": gpu_check.SHORT_SCHEDULE["WARMDOWN_ITERS"], "MUON_MOMENTUM_WARMUP_STEPS": "77",
-        "MAX_WALLCLOCK_SECONDS": "300", "DATA_PATH": str(args.data), "TOKENIZER_PATH": str(args.tokenizer),
-        "VOCAB_SIZE": "1024", "RUN_ID": "gpu_check"}
-    assert train.reserve_s == train.cap_s == 420 and check.reserve_s == 15
-    log = args.out / "train" / "logs" / "gpu_check.txt"
-    assert check.requires == log and check.cmd[1:] == [
-        "tools/check.py", str(log), "--script", str(args.out / "train" / "train_gpt.py"),
-        "--ptz", str(args.out / "train" / "final_model.ptz"), "--max-train-s", "300"]
-    assert all(s.would_run is None and s.stdout.parent == args.out for s in steps)
-    assert [s.stdout.name for s in steps] == ["01_gpu_tests.stdout.txt", "02_bench.stdout.txt",
-                                              "03_bench_eval.stdout.txt", "04_train.stdout.txt", "05_check.stdout.txt"]
+@pytest.mark.parametrize("case", ["no_call", "bad_call", "no_data", "no_shards", "no_tokenizer", "bad_tokenizer",
+                                  "out_not_empty", "budget"])
+def test_bad_arguments_exit_2_with_one_line(case, tiny_shards, tmp_path, capsys):
+    out, base = tmp_path / "out", ["--call", "1", *data_args(tiny_shards), "--dry-run"]
+    (tmp_path / "junk.model").write_text("not a model")
+    args = {"no_call": base[2:], "bad_call": ["--call", "3", *base[2:]],
+            "no_data": ["--call", "1", "--data", str(tmp_path / "nope"), *base[4:]],
+            "no_shards": ["--call", "1", "--data", str(tmp_path), *base[4:]],
+            "no_tokenizer": [*base[:4], "--tokenizer", str(tmp_path / "nope.model"), "--dry-run"],
+            "bad_tokenizer": [*base[:4], "--tokenizer", str(tmp_path / "junk.model"), "--dry-run"],
+            "out_not_empty": base, "budget": [*base, "--budget-s", "70"]}[case]
+    reason = {"no_call": "--call", "bad_call": "invalid choice", "no_data": "is not a folder",
+              "no_shards": "has no fineweb_train_*.bin", "no_tokenizer": "is not a file", "bad_tokenizer":
+              "cannot be loaded", "out_not_empty": "refusing to overwrite", "budget": "cannot hold the 60 s"}[case]
+    if case == "out_not_empty":
+        (out / "call1").mkdir(parents=True)
+        (out / "call1" / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main([*args, "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("gpu_check.py: error:") and reason in err[0], err
+    assert [p.name for p in (out / "call1").iterdir()] == ["keep.txt"] if case == "out_not_empty" else not out.exists()
+
+
+def test_full_run_needs_cuda_and_help(tiny_shards, tmp_path):
+    import torch
+    if not torch.cuda.is_available():
+        run = subprocess.run(GPU_CHECK + ["--call", "2", *data_args(tiny_shards), "--out", str(tmp_path / "out")],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and run.stderr.strip() == ("gpu_check.py: error: CUDA is not available; on a CPU "
+                                                              "machine use --dry-run")
+        assert not (tmp_path / "out").exists()
+    run = subprocess.run(GPU_CHECK + ["--help"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "pytest -q -m gpu" in run.stdout and "give the device call 390 s" in run.stdout
+    assert all(flag in run.stdout for flag in ("--call", "--data", "--tokenizer", "--out", "--dry-run", "--budget-s"))
+
+
+SYNTHETIC = """hardware:1x NVIDIA H200
+step:300/20000 train_loss:3.1000 train_time:59000ms step_avg:196.67ms
+peak_memory allocated:40000MiB reserved:41000MiB
+calibration method:gptq batches:4 tokens:393216 time:1500ms train_time:60500ms
+peak_memory phase:calibration allocated:42000MiB reserved:43000MiB
+pre_quant val_loss:2.9000 val_bpb:1.1700
+gptq_fallback:2 blocks.0.q:diag,blocks.3.up:damp
+export method:gptq step:0.5xRMS model_bytes:15900000 bytes_per_param:0.3000 export_time:12345ms
+submission_bytes code:20000 model:15900000 total:15920000 limit:16000000
+ttt_warmup_time:30000ms (random tokens, before the evaluation clock)
+artifact_load_time:250ms
+final_roundtrip_plain val_loss:2.9100 val_bpb:1.1750 eval_time:9000ms
+quant_gap_bpb:0.0050
+final_roundtrip val_loss:2.8800 val_bpb:1.1600 eval_time:90000ms
+final_roundtrip_exact val_loss:2.88001234 val_bpb:1.16004321
+peak_memory phase:eval allocated:30000MiB reserved:31000MiB
+final_ttt_roundtrip val_loss:2.8000 val_bpb:1.1300 eval_time:200000ms
+final_ttt_roundtrip_exact val_loss:2.80001234 val_bpb:1.13004321
+ttt gain_bpb:-0.0300 vs:sliding docs:50000 tokens:63779840 time:200000ms full_split_8x_this_device:25s
+ttt_nonfinite_docs:0
+ttt_deadline docs_unadapted:12 at:500.0s first:1,2
+peak_memory phase:ttt allocated:50000MiB reserved:52000MiB
+eval_phase_time:310000ms
+"""
+
+
+def test_summary_rows_from_a_synthetic_log(tmp_path):
+    """parse_log's new keys and the rows made of them: the TTT score and the sliding-window score on their own rows,
+    the TTT gain and projection, every time, the peak memory per phase (a line without phase: is training's)."""
+    path = tmp_path / "log.txt"
+    path.write_text(FAKE_SOURCE + "\n" + SEPARATOR + "\n" + SYNTHETIC)
+    log = parse_log(path)
+    assert log["ttt_score"] == {"val_loss": 2.80001234, "val_bpb": 1.13004321, "eval_time_ms": 200000.0}
+    assert log["sliding_score"] == {"val_loss": 2.88001234, "val_bpb": 1.16004321, "eval_time_ms": 90000.0}
+    assert log["final_exact"] == {"val_loss": 2.80001234, "val_bpb": 1.13004321}  # unchanged: the last exact line
+    assert log["final_roundtrip"]["val_bpb"] == 1.13 and log["eval_time_ms"] == 310000.0
+    assert log["ttt"] == {"gain_bpb": -0.03, "vs": "sliding", "docs": 50000, "tokens": 63779840, "time_ms": 200000.0,
+                          "full_split_8x_s": 25.0} and log["ttt_docs_unadapted"] == 12
+    assert (log["export_time_ms"], log["artifact_load_time_ms"], log["calibration_ms"]) == (12345.0, 250.0, 1500.0)
+    assert log["peak_memory"] == {
+        "train": {"allocated_mib": 40000.0, "reserved_mib": 41000.0, "maxrss_mib": None},
+        "calibration": {"allocated_mib": 42000.0, "reserved_mib": 43000.0, "maxrss_mib": None},
+        "eval": {"allocated_mib": 30000.0, "reserved_mib": 31000.0, "maxrss_mib": None},
+        "ttt": {"allocated_mib": 50000.0, "reserved_mib": 52000.0, "maxrss_mib": None}}
+    assert log["gptq_fallback"] == [{"count": 2, "matrices": "blocks.0.q:diag,blocks.3.up:damp"}]
+    rows = dict(table({"gpu_tests": None, "bench": None, "train": log, "check": {"passed": True, "exit": 0,
+                                                                                "violations": []}}))
+    assert rows["final score (TTT: final_ttt_roundtrip val_bpb)"] == "1.13004321"
+    assert rows["plain score (sliding window)"] == "1.1600"
+    assert rows["TTT gain (gain_bpb)"] == ("-0.0300 vs sliding, 50000 docs, 63,779,840 tokens, 200,000 ms, 12 docs "
+                                           "unadapted by the deadline")
+    assert rows["TTT full split on 8 devices like this (8x H100 projection)"] == "25 s"
+    assert (rows["quant gap (quant_gap_bpb)"], rows["step_avg"]) == ("+0.0050", "196.67 ms (300 steps)")
+    assert rows["training time (calibration included)"] == "60,500 ms" and rows["calibration time"] == "1,500 ms"
+    assert rows["export time"] == "12,345 ms" and rows["artifact_load_time"] == "250 ms"
+    assert rows["evaluation time (eval_phase_time)"] == "310,000 ms"
+    assert rows["artifact bytes"] == "15,920,000 (code 20,000 + model 15,900,000; limit 16,000,000)"
+    assert rows["peak memory train"] == "allocated 40,000 MiB, reserved 41,000 MiB"
+    assert rows["peak memory ttt"] == "allocated 50,000 MiB, reserved 52,000 MiB"
+    assert rows["GPTQ fallbacks (gptq_fallback)"] == "2" and rows["check.py"] == "PASS"
+    assert "GPU tests" not in rows and "ms/step nGPT" not in rows  # call 2 has no bench
+
+    path.write_text(SEPARATOR + "\nstep:8/8 train_loss:5.0 train_time:900ms step_avg:112.50ms\n"
+                    "peak_memory maxrss:565MiB\nfinal_roundtrip_plain val_loss:5.1 val_bpb:3.2 eval_time:9ms\n")
+    log = parse_log(path)
+    assert log["peak_memory"] == {"train": {"allocated_mib": None, "reserved_mib": None, "maxrss_mib": 565.0}}
+    assert log["ttt"] is None and log["ttt_docs_unadapted"] is None and log["gptq_fallback"] == []
+    rows = dict(table({"gpu_tests": None, "bench": None, "train": log, "check": None}))
+    assert rows["peak memory train"] == "maxrss 565 MiB" and rows["peak memory ttt"] == "n/a"
+    assert rows["plain score (no sliding window: final_roundtrip_plain)"] == "3.2000"
+    assert rows["TTT gain (gain_bpb)"] == rows["final score (TTT: final_ttt_roundtrip val_bpb)"] == "n/a"
+    assert rows["GPTQ fallbacks (gptq_fallback)"] == "0" and rows["check.py"] == "n/a"
+
+
+def test_bench_and_pytest_rows(tmp_path):
+    """bench.py's final JSON line (on a GPU: MFU; peak memory when it reports one) and pytest's final line."""
+    bench = {"mode": "train", "hardware": "NVIDIA H200", "compile": True, "warmup": 10, "peak_tflops": 989.0,
+             "shape": {"model_dim": 512}, "ratio_ngpt_over_standard": 1.25, "ratio_angpt_over_standard": 1.2,
+             "ratio_angpt_over_ngpt": 0.96}
+    for i, name in enumerate(("ngpt", "angpt", "standard")):
+        bench[name] = {"ms_median": 100.0 + i, "ms_q1": 99.0, "ms_q3": 102.5, "mfu": 0.4, "warmup_s": 31.5,
+                       "peak_memory_mib": 50000}
+    steps = [Step(n, ["true"], tmp_path) for n in ("gpu_tests", "bench", "check")]
+    for s in steps:
+        s.stdout, s.stderr = tmp_path / f"{s.name}.out", tmp_path / f"{s.name}.err"
+    steps[0].stdout.write_text("..\n=========== 2 passed, 1 skipped in 85.21s (0:01:25) ===========\n")
+    steps[1].stdout.write_text("shape line\n" + json.dumps(bench) + "\n\n")
+    steps[2].stderr.write_text("FAIL training time: 61 s (limit: 60 s)\n")
+    steps[2].status, steps[2].rc = "failed", 1
+    res = collect(steps, tmp_path / "absent.txt")
+    assert res["bench"] == bench and res["gpu_tests"] == {"summary": "2 passed, 1 skipped in 85.21s (0:01:25)",
+                                                          "tests": []}
+    rows = dict(table(res))
+    assert rows["GPU tests"] == "2 passed, 1 skipped in 85.21s (0:01:25)"
+    assert rows["ms/step anGPT"] == "101.00 (IQR 99.00-102.50)" and rows["ratio nGPT/standard"] == "1.250"
+    assert rows["MFU standard"] == "40.0% of 989 TFLOP/s"
+    assert rows["bench compile + warm-up nGPT"] == "31.5 s (10 steps)"
+    assert rows["bench peak memory mib nGPT"] == "50,000"
+    assert rows["check.py"] == "FAIL (exit 1): FAIL training time: 61 s (limit: 60 s)"
+    assert rows["final score (TTT: final_ttt_roundtrip val_bpb)"] == "n/a"
+    steps[1].stdout.write_text('{"a": 1}\ntrailing text\n')
+    assert collect(steps, tmp_path / "absent.txt")["bench"] is None

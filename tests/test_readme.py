@@ -51,3 +51,13 @@ def test_ci_runs_the_readme_commands():
         assert command in lines, command
     for command in ("python -m pip install -r requirements.txt", "python -m pytest -q", 'python "$OLDPWD/tools/demo.py"'):
         assert f"\n{command}" in ci or f" {command}" in ci, command
+
+
+def test_every_hyperparameter_is_explained_where_it_is_declared():
+    """One `NAME=default,  # what it is` line per hyperparameter in train_gpt.py's HPARAMS, in the table's order."""
+    source = (ROOT / "train_gpt.py").read_text(encoding="utf-8")
+    block = source[source.index("HPARAMS = dict("):source.index("\n)\n", source.index("HPARAMS = dict("))]
+    declared = re.findall(r"(?m)^    ([A-Z0-9_]+)=.*,  # \S.*$", block)
+    assert declared == list(train_gpt.HPARAMS)
+    table = re.findall(r"^\| `([A-Z0-9_]+)` \| `", README, re.M)
+    assert table == list(train_gpt.HPARAMS)

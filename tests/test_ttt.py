@@ -182,12 +182,13 @@ def test_ttt_tool_rescores_an_artifact(cpu_runs, tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads((tmp_path / "a.json").read_text())
     body = run["log"].read_text()
-    plain = float(re.findall(r"(?m)^final_roundtrip_exact val_loss:\S+ val_bpb:(\S+)$", body)[-1])
+    plain = float(re.findall(r"(?m)^final_roundtrip_plain val_loss:\S+ val_bpb:(\S+) ", body)[-1])
     ttt = float(re.findall(r"(?m)^final_ttt_roundtrip_exact val_loss:\S+ val_bpb:(\S+)$", body)[-1])
-    assert result["plain_bpb"] == pytest.approx(plain, abs=1e-5)  # the same weights, windows and stride
+    assert result["plain_bpb"] == pytest.approx(plain, abs=6e-5)  # the same weights and windows (4 decimals logged)
+    assert result["sliding_bpb"] is None and result["unadapted_docs"] == []
     assert result["ttt_bpb"] == pytest.approx(ttt, abs=1e-5) and result["nonfinite_docs"] == []
-    assert re.search(r"(?m)^ttt   val_bpb:\d+\.\d{4} time:\S+s gain_bpb:[+-]\d+\.\d{4} docs:\d+ tokens:\d+ "
-                     r"nonfinite_docs:0$", out.stdout)
+    assert re.search(r"(?m)^ttt   val_bpb:\d+\.\d{4} time:\S+s gain_bpb:[+-]\d+\.\d{4} vs:plain docs:\d+ tokens:\d+ "
+                     r"nonfinite_docs:0 unadapted_docs:0$", out.stdout)
     frozen = subprocess.run(tool + ["--artifact", str(run["ptz"]), "--env", "TTT_LR=0", "--json",
                                     str(tmp_path / "b.json")], capture_output=True, text=True, timeout=300)
     assert frozen.returncode == 0 and json.loads((tmp_path / "b.json").read_text())["ttt_bpb"] != result["ttt_bpb"]
@@ -274,3 +275,79 @@ def test_adapted_projections_keep_the_matmul_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert block.mm(x, "k", lora).dtype == block.mm(x, "q", lora).dtype == torch.bfloat16
         assert block.mm(x.bfloat16(), "o", lora).dtype == torch.bfloat16
+
+
+def test_deadline_scores_the_rest_unadapted_within_budget_plus_one_batch(monkeypatch):
+    """A budget too small to adapt the split (but enough to score it forward only): from the first batch that would
+    not leave time for the rest, documents are scored forward only. On a clock that advances by each batch's work (a
+    fake one: timing on a loaded CPU proves nothing), the pass ends within the budget plus one batch; every target
+    is still scored exactly once with the plain bytes; the unadapted documents score as with no adaptation."""
+    h, model = tiny(TTT_BATCH_DOCS=2)
+    tokens = stream(n=1500)
+    _, _, full, _ = scores(h, model, tokens)
+    assert full["unadapted"] == [] and full["deadline_at"] is None
+    rate, now, works = 1000.0, [0.0], []  # window tokens per fake second, adapted; forward only 3x faster
+    real = train_gpt.ttt_batch
+
+    def timed(*args, **kwargs):
+        out = real(*args, **kwargs)
+        adapt = args[8]
+        now[0] += out[2] / (rate if adapt else 3 * rate)
+        works.append(out[2])
+        return out
+    monkeypatch.setattr(train_gpt, "ttt_batch", timed)
+    total = full["window_tokens"]
+    budget = total / (3 * rate) + 0.3 * (total / rate - total / (3 * rate))
+    loss, bpb, info, per_target = scores(h, model, tokens, deadline=budget, clock=lambda: now[0])
+    print(f"budget {budget:.2f} fake s, ended at {now[0]:.2f}; {len(info['unadapted'])} of {info['docs']} unadapted")
+    assert now[0] <= budget + max(works) / rate
+    assert 0 < len(info["unadapted"]) < info["docs"] and info["deadline_at"] is not None
+    assert (per_target[1] == 1).all() and info["bytes"] == full["bytes"] and info["tokens"] == full["tokens"]
+    starts, lengths = documents(tokens, BOS)
+    frozen = scores(load_hparams({**TINY, "TTT_LR": "0", "TTT_BATCH_DOCS": "2"}), model, tokens)[3]
+    for d in info["unadapted"]:
+        s, n = int(starts[d]), int(lengths[d])
+        assert torch.allclose(per_target[0, s:s + n], frozen[0, s:s + n], atol=1e-5)
+    # a deadline already passed: only the first batch (the two longest documents) adapts
+    now[0] = 0.0
+    info = scores(h, model, tokens, deadline=-1.0, clock=lambda: now[0])[2]
+    assert sorted(info["unadapted"]) == sorted(torch.argsort(lengths, descending=True, stable=True)[2:].tolist())
+
+
+@pytest.mark.parametrize("t", [150, 420])
+def test_phased_adaptation_keeps_causality(t):
+    """With phases (SGD on the base weights between groups of documents in stream order), targets up to token t
+    keep their scores when any tokens after t change, and the phases do change later scores."""
+    h, model = tiny(TTT_PHASES=2, TTT_PHASE_LR=0.05)
+    h0, _ = tiny()
+    tokens = stream()
+    _, _, info, before = scores(h, model, tokens)
+    assert info["phase_steps"] == 2
+    without = scores(h0, model, tokens)[3]
+    assert not torch.allclose(before[0], without[0])
+    changed = tokens.clone()
+    changed[t + 1:] = stream(seed=7)[t + 1:]
+    _, _, info, after = scores(h, model, changed)
+    assert (after[1] == 1).all() and info["nonfinite"] == []
+    assert torch.allclose(before[0, :t], after[0, :t], atol=1e-6, rtol=0)
+
+
+def test_no_base_update_uses_a_document_before_it_is_scored(monkeypatch):
+    """Every document a phase step trains on has all its targets scored already; the base weights are back as they
+    were after the pass."""
+    h, model = tiny(TTT_PHASES=3, TTT_PHASE_LR=0.05)
+    tokens = stream(n=1500)
+    per_target = torch.zeros(2, tokens.numel() - 1, dtype=torch.float64)
+    real, calls = train_gpt.adapt_base, []
+
+    def checked(model, fwd, tokens, starts, lengths, h, autocast):
+        for s, n in zip(starts.tolist(), lengths.tolist()):
+            assert (per_target[1, s:s + n] == 1).all(), f"document at {s} used before all its targets were scored"
+        calls.append(len(starts))
+        return real(model, fwd, tokens, starts, lengths, h, autocast)
+    monkeypatch.setattr(train_gpt, "adapt_base", checked)
+    weights = [p.detach().clone() for p in model.parameters()]
+    info = evaluate_ttt(model, tokens, luts(), h, BOS, torch.autocast("cpu", enabled=False), per_target=per_target)[2]
+    assert len(calls) == 3 and all(c > 0 for c in calls) and info["phase_steps"] == 3
+    assert (per_target[1] == 1).all()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), weights))

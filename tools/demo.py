@@ -17,12 +17,9 @@ import sys
 from pathlib import Path
 
 from runlog import parse_log
+from tiny import DEMO as TINY  # the demo's configuration (tools/tiny.py)
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(NUM_LAYERS="4", MODEL_DIM="128", NUM_HEADS="4", NUM_KV_HEADS="2", MLP_MULT="3", TRAIN_SEQ_LEN="256",
-            TRAIN_BATCH_TOKENS="16384", ITERATIONS="400", WARMUP_STEPS="3", WARMDOWN_ITERS="100", VAL_LOSS_EVERY="100",
-            MUON_MOMENTUM_WARMUP_STEPS="10", GPTQ_RESERVE_SECONDS="2",  # its calibration takes about 1 s here
-            TRAIN_LOG_EVERY="20", EVAL_STRIDE="64", EVAL_BATCH_SEQS="16", RUN_ID="demo")
 
 
 def run(cmd, **kw):

@@ -124,8 +124,8 @@ def standin(args) -> None:
             if p.ndim == 2:
                 d = p.size(0) if name.rsplit(".", 1)[-1] in T.INPUT_ROWS else p.size(1)
                 x = torch.randn(2 * d, d)
-                hessians[name] = x.T @ x
-    code = len((ROOT / "train_gpt.py").read_bytes())
+                hessians[T.hessian_name(name)] = x.T @ x
+    code = len(T.code_wrapper((ROOT / "train_gpt.py").read_text(encoding="utf-8")).encode("utf-8"))  # as counted
     n = sum(p.numel() for p in model.parameters())
     print(f"stand-in: {n:,} parameters ({h.num_layers} x {h.model_dim}, MLP {h.mlp_mult}, vocab {h.vocab_size}), "
           f"code {code:,} bytes, torch threads {torch.get_num_threads()}", flush=True)

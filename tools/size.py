@@ -6,8 +6,8 @@ Columns: parameters, role (unit: int8 rows renormalized on load, no scale; rows:
 step: those steps; raw: fp16), the largest |integer| (int8 roles), the order-0 entropy of the values in bits per
 parameter, the tensor's bytes in the file (its zstd frame and the frame's 4-byte length), bytes per parameter, and
 the share of the 16,000,000-byte limit. The totals compare the sum of the tensor frames with the file itself (which
-adds the magic line and the header). With --script, the code bytes are added to the total as the challenge counts
-them. Exit 0 when the file loads, 1 with one line when it does not (or the total is over the limit), 2 on bad
+adds the magic line and the header). With --script, the code bytes are added to the total as the records count
+them (the script's self-extracting wrapper: train_gpt.code_wrapper). Exit 0 when the file loads, 1 with one line when it does not (or the total is over the limit), 2 on bad
 arguments.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from train_gpt import SIZE_LIMIT, artifact_frames, unpack_artifact  # noqa: E402
+from train_gpt import SIZE_LIMIT, artifact_frames, code_wrapper, unpack_artifact  # noqa: E402
 
 
 def entropy_bits(a: np.ndarray) -> float:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         data = args.artifact.read_bytes()
-        code_bytes = len(args.script.read_bytes()) if args.script else None
+        code_bytes = len(code_wrapper(args.script.read_text(encoding="utf-8")).encode()) if args.script else None
     except OSError as e:
         print(f"size.py: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
         return 1

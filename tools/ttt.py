@@ -4,9 +4,11 @@
                         [--val-tokens N] [--json out.json]
 
 Builds the run's model from the hparam lines of its log (then --env), loads the weights from the artifact exactly as
-train_gpt.py's final scoring does, and prints the plain sliding-window score (EVAL_SEQ_LEN, EVAL_STRIDE), the score
-with test-time training, the gain, the time of each and the documents whose adaptation went non-finite. On this
-machine's CPU (or its first GPU, with bf16 autocast, when there is one). Exit 0 on success, 1 with one line on
+train_gpt.py's final scoring does, and prints the plain score (non-overlapping windows of TRAIN_SEQ_LEN, the run's
+final_roundtrip_plain), with EVAL_SLIDING=1 the sliding-window score (EVAL_SEQ_LEN, EVAL_STRIDE), the score with
+test-time training (under the run's EVAL_BUDGET_SECONDS deadline, counted from the start of the TTT pass here), the
+gain, the time of each, and the documents whose adaptation went non-finite or that the deadline left unadapted. On
+this machine's CPU (or its first GPU, with bf16 autocast, when there is one). Exit 0 on success, 1 with one line on
 failure, 2 on bad arguments.
 """
 from __future__ import annotations
@@ -60,12 +62,17 @@ def score(args) -> dict:
             return model(x, y, reduction="none")
 
     t0 = time.perf_counter()
-    plain = T.evaluate(nll_fn, val, luts, h.eval_seq_len, h.eval_stride, h.eval_batch_seqs)[1]
+    plain = T.evaluate(nll_fn, val, luts, h.train_seq_len, h.train_seq_len, h.eval_batch_seqs)[1]
     t1 = time.perf_counter()
-    loss, bpb, info = T.evaluate_ttt(model, val, luts, h, sp.bos_id(), autocast)
+    sliding = T.evaluate(nll_fn, val, luts, h.eval_seq_len, h.eval_stride, h.eval_batch_seqs)[1] if h.eval_sliding else None
     t2 = time.perf_counter()
-    return dict(plain_bpb=plain, ttt_bpb=bpb, gain_bpb=bpb - plain, plain_s=t1 - t0, ttt_s=t2 - t1,
+    deadline = t2 + h.eval_budget_seconds if h.eval_budget_seconds > 0 else None
+    loss, bpb, info = T.evaluate_ttt(model, val, luts, h, sp.bos_id(), autocast, deadline=deadline)
+    t3 = time.perf_counter()
+    return dict(plain_bpb=plain, sliding_bpb=sliding, ttt_bpb=bpb, gain_bpb=bpb - (plain if sliding is None else sliding),
+                gain_vs="plain" if sliding is None else "sliding", plain_s=t1 - t0, sliding_s=t2 - t1, ttt_s=t3 - t2,
                 docs=info["docs"], tokens=info["tokens"], nonfinite_docs=info["nonfinite"],
+                unadapted_docs=info["unadapted"], window_tokens=info["window_tokens"],
                 settings={k: getattr(h, k.lower()) for k in T.HPARAMS if k.startswith("TTT") or k.startswith("EVAL")})
 
 
@@ -88,8 +95,11 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"plain val_bpb:{result['plain_bpb']:.4f} time:{result['plain_s']:.1f}s")
+    if result["sliding_bpb"] is not None:
+        print(f"sliding val_bpb:{result['sliding_bpb']:.4f} time:{result['sliding_s']:.1f}s")
     print(f"ttt   val_bpb:{result['ttt_bpb']:.4f} time:{result['ttt_s']:.1f}s gain_bpb:{result['gain_bpb']:+.4f} "
-          f"docs:{result['docs']} tokens:{result['tokens']} nonfinite_docs:{len(result['nonfinite_docs'])}")
+          f"vs:{result['gain_vs']} docs:{result['docs']} tokens:{result['tokens']} "
+          f"nonfinite_docs:{len(result['nonfinite_docs'])} unadapted_docs:{len(result['unadapted_docs'])}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0
