@@ -20,7 +20,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import sentencepiece as spm
@@ -96,13 +96,13 @@ HPARAMS = dict(  # every one an environment variable of the same name; the READM
     TARGET_BYTES_PER_PARAM=0.0,  # > 0: fill this many bytes per parameter instead (small models at 16 MB's pressure)
     # test-time training
     TTT=1,  # score-first test-time training: the scored pass (0: the sliding window is)
-    TTT_CHUNK=256,  # tokens per chunk: each is scored, then adapted on (at most EVAL_SEQ_LEN)
+    TTT_CHUNK=128,  # tokens per chunk: each is scored, then adapted on (at most EVAL_SEQ_LEN)
     TTT_LR=0.005,  # Adam learning rate of the adapters
     TTT_RANK=16,  # rank of each adapter
     TTT_TARGETS="k,o,up,down,head",  # what adapts: any of q,k,v,o,up,down,head
     TTT_BATCH_DOCS=32,  # documents adapted side by side per rank
     TTT_PHASES=0,  # phased TTT: after each of this many groups of documents (stream order), SGD on the base weights
-    TTT_PHASE_LR=0.002,  # over the group's scored tokens (all ranks averaged), rows renormalized (0 phases: off)
+    TTT_PHASE_LR=0.5,  # over the group's scored tokens (all ranks averaged), rows renormalized (P1's best)
     # numerics
     COMPILE=1,  # torch.compile (with GPU numerics; 0: eager)
     COMPILE_BACKEND="inductor",  # torch.compile's backend (the CPU tests use aot_eager)
@@ -111,7 +111,7 @@ HPARAMS = dict(  # every one an environment variable of the same name; the READM
 SIZE_LIMIT = 16_000_000
 FULL_VAL_TOKENS = 63_779_840  # the FineWeb validation split (sp1024), for time projections
 BUDGET_WINDOW = 0.005  # the export fills code + model to at least 99.5% of SIZE_LIMIT
-TTT_KINDS = ("q", "k", "v", "o", "up", "down", "head")  # what test-time training may adapt (TTT_TARGETS)
+TTT_KINDS = ("q", "k", "v", "o", "up", "down", "head")  # what TTT may adapt: MATRICES' names and the tied head
 
 
 def load_hparams(environ=os.environ) -> SimpleNamespace:
@@ -231,6 +231,9 @@ def gpu_like(h, device) -> bool:
 def compiler(h, device):
     """torch.compile with COMPILE_BACKEND when the run compiles (COMPILE=1 and GPU numerics), else the identity."""
     if h.compile and gpu_like(h, device):
+        # the model's forward has up to 6 graphs (training, validation, sliding window, TTT adapted, forward-only,
+        # phase step): past dynamo's default limit of 8 per function a new one would silently run eagerly
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
         return lambda fn, **kw: torch.compile(fn, backend=h.compile_backend, **kw)
     return lambda fn, **kw: fn
 
@@ -475,7 +478,31 @@ def check_flash_attention(device, fa=None, tol: float = 0.02) -> str:
     return f"flash_attn_3: agrees with SDPA ({why})"
 
 
-INPUT_ROWS = ("o", "down")  # matrices used as y @ W: each stored row belongs to one input feature
+class Matrix(NamedTuple):
+    """One weight matrix of a block, stored (rows, MODEL_DIM) and used with unit rows along the model dim."""
+    name: str
+    rows: Callable[[int, int, int], int]  # its rows, from (MODEL_DIM, key/value width, MLP hidden width)
+    input_rows: bool  # used as y @ W, each stored row belonging to one input feature (else x @ W^T)
+    hessian: str  # the input it reads, for GPTQ's Hessian: matrices reading the same input share one
+    nu: Callable[[int, int, int], float] | None  # NORM=approx: the constant bringing its output to norm ~1 for unit
+    # input and rows, from (MODEL_DIM, head dim, hidden); None: the output is normalized exactly (q, k; up's gain)
+
+
+# The table every use of the block's matrices derives from: Block's parameters (created in this order, which fixes
+# the initialization), the artifact (kinds largest first), GPTQ's Hessians, TTT's targets, anGPT's constants.
+# export_by_rate refuses a model with a 2-D parameter this table (or the embedding) does not name.
+MATRICES = (
+    Matrix("q", lambda d, kv, f: d, False, "qkv", None),
+    Matrix("k", lambda d, kv, f: kv, False, "qkv", None),
+    Matrix("v", lambda d, kv, f: kv, False, "qkv", lambda d, hd, f: (d / hd) ** 0.5),
+    Matrix("o", lambda d, kv, f: d, True, "o", lambda d, hd, f: (hd / d) ** 0.5),
+    Matrix("up", lambda d, kv, f: f, False, "up", lambda d, hd, f: (d / f) ** 0.5),
+    Matrix("down", lambda d, kv, f: f, True, "down", lambda d, hd, f: 1.0),
+)
+INPUT_ROWS = tuple(m.name for m in MATRICES if m.input_rows)
+HESSIAN_OF = {m.name: m.hessian for m in MATRICES}
+FIRST_READER = {m.name: [n.hessian for n in MATRICES].index(m.hessian) == i for i, m in enumerate(MATRICES)}
+assert TTT_KINDS == tuple(m.name for m in MATRICES) + ("head",)
 
 
 def adapted_norm2(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -500,9 +527,9 @@ def note_input(hessians: dict, name: str, x: torch.Tensor) -> None:
 
 
 def hessian_name(name: str) -> str:
-    """The Hessian a matrix is quantized with: q, k and v read the same input, so they share one (blocks.i.qkv)."""
+    """The Hessian a matrix is quantized with, by its input (MATRICES): q, k and v share blocks.i.qkv."""
     block, _, kind = name.rpartition(".")
-    return f"{block}.qkv" if kind in ("q", "k", "v") else name
+    return f"{block}.{HESSIAN_OF[kind]}" if kind in HESSIAN_OF else name
 
 
 @torch.no_grad()
@@ -532,12 +559,8 @@ class Block(nn.Module):
         d, self.heads, self.kv_heads = h.model_dim, h.num_heads, h.num_kv_heads
         self.head_dim, hidden = d // h.num_heads, int(h.mlp_mult * d)
         self.name, self.hessians = f"blocks.{index}.", None
-        self.q = nn.Parameter(torch.randn(d, d))
-        self.k = nn.Parameter(torch.randn(self.kv_heads * self.head_dim, d))
-        self.v = nn.Parameter(torch.randn(self.kv_heads * self.head_dim, d))
-        self.o = nn.Parameter(torch.randn(d, d))
-        self.up = nn.Parameter(torch.randn(hidden, d))
-        self.down = nn.Parameter(torch.randn(hidden, d))
+        for m in MATRICES:
+            self.register_parameter(m.name, nn.Parameter(torch.randn(m.rows(d, self.kv_heads * self.head_dim, hidden), d)))
         # eigen learning rates and q gain: stored at 1/sqrt(d) so Adam moves them like the paper, used through `scale`
         self.scale, self.alpha_init = d ** 0.5, h.alpha_init
         self.alpha_attn = nn.Parameter(torch.full((d,), d ** -0.5))
@@ -548,13 +571,13 @@ class Block(nn.Module):
         # NORM=approx (anGPT): a sublayer output's exact normalization becomes the constant that brings its expected
         # norm to 1 for unit inputs and rows; q and k stay exact
         s, hd = h.leaky_slope, self.head_dim
-        self.nu = dict(v=(d / hd) ** 0.5, o=(hd / d) ** 0.5, up=(d / hidden) ** 0.5, down=1.0,
-                       act=(2 * hidden / (3 * (1 + s ** 4))) ** 0.5) if h.norm == "approx" else None
+        self.nu = {m.name: m.nu(d, hd, hidden) for m in MATRICES if m.nu} | {
+            "act": (2 * hidden / (3 * (1 + s ** 4))) ** 0.5} if h.norm == "approx" else None
 
     def mm(self, x: torch.Tensor, name: str, lora: dict | None = None) -> torch.Tensor:
         """x times the named matrix: x W^T, or x W for the INPUT_ROWS ones; with test-time adapters (lora), each
         sequence b uses W + B_b A_b (its rows renormalized, except with NORM=approx)."""
-        if self.hessians is not None and name not in ("k", "v"):  # calibrating; q notes the input of q, k and v
+        if self.hessians is not None and FIRST_READER[name]:  # calibrating: each input once (q for q, k and v)
             note_input(self.hessians, hessian_name(self.name + name), x)
         w = unit(getattr(self, name)) if self.wn else getattr(self, name)
         if lora is not None and self.name + name in lora:
@@ -868,13 +891,20 @@ def zero_dropped(lora: dict, keep: torch.Tensor) -> None:
 
 # ------------------------------ export
 # final_model.ptz = ARTIFACT_MAGIC, then zstd frames, each after its 4-byte little-endian length: a JSON header
-# {"meta": {...}, "tensors": [[name, role, dtype, shape], ...]}, then one frame per tensor (README: why). Roles: "unit"
+# {"meta": {...}, "tensors": [[name, role, dtype, shape], ...]}, then one frame per tensor (DESIGN.md: why). Roles: "unit"
 # int8 rows renormalized on load, "rows" int8 rows times the fp16 steps of the "step" entry after it, "raw" fp16.
 
 ARTIFACT_MAGIC = b"nGPT-artifact-v2\n"
-# "dfast" with 7-byte minimum matches: on int8 weights within 0.2% of zstd level 22, 500x faster (README)
+# "dfast" with 7-byte minimum matches: on int8 weights within 0.2% of zstd level 22, 500x faster (DESIGN.md)
 ZSTD_PARAMS = dict(window_log=20, hash_log=17, chain_log=16, search_log=1, min_match=7, target_length=0, strategy=2)
-MATRIX_KINDS = ("up", "down", "o", "q", "v", "k")  # the artifact's order: one kind after another
+MATRIX_KINDS = ("up", "down", "o", "q", "v", "k")  # the artifact's order: one kind after another, largest first
+assert sorted(MATRIX_KINDS) == sorted(m.name for m in MATRICES)
+
+
+def unnamed_matrices(model: nn.Module) -> list[str]:
+    """2-D parameters neither MATRICES nor the embedding names: they would be missing from the artifact."""
+    return [n for n, p in model.named_parameters()
+            if p.ndim == 2 and n != "emb.weight" and n.rpartition(".")[2] not in MATRIX_KINDS]
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, damp: float, tries: int = 3) -> tuple[torch.Tensor | None, float]:
@@ -1047,6 +1077,9 @@ def export_by_rate(model: GPT, h, lo: int, hi: int, hessians: dict | None) -> tu
     """The step multiple that fills [lo, hi], searched with round-to-nearest (cheap), then, given Hessians, refined
     with GPTQ (each try a full GPTQ pass). Returns the artifact, how it was made, and GPTQ's fallbacks {name: how}
     (they depend on the Hessians alone, so every GPTQ try has the same)."""
+    if unknown := unnamed_matrices(model):
+        raise ValueError(f"{unknown[0]}: a 2-D parameter that MATRICES does not name: it would be missing from the "
+                         "artifact (add it to the table)")
     fallbacks = {}
 
     def encode(lam, hessians=None):
@@ -1176,6 +1209,9 @@ class Run:
         torch.manual_seed(h.seed)
         self.model = GPT(h).to(device)
         self.log(f"model_params:{sum(p.numel() for p in self.model.parameters())}")
+        if unknown := unnamed_matrices(self.model):  # before any training, on every rank
+            fail(f"{unknown[0]}: a 2-D parameter that MATRICES does not name: it would be missing from the artifact",
+                 self.log)
         self.compiled = self.compile(self.model, dynamic=False, fullgraph=True)
         # the RoPE tables are the only buffers, identical on every rank: no broadcast per forward
         self.trainer = DDP(self.compiled, device_ids=[local_rank] if cuda else None,

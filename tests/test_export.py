@@ -261,3 +261,23 @@ def test_file_alone_reproduces_the_model_or_fails_cleanly(trained, tmp_path):
         tmp_path.joinpath("broken.ptz").write_bytes(broken)
         with pytest.raises(ValueError, match="broken.ptz is truncated or corrupt"):
             load_artifact(str(tmp_path / "broken.ptz"))
+
+
+def test_a_matrix_missing_from_the_table_is_refused(tmp_path, monkeypatch):
+    """A 2-D parameter added to a block without its MATRICES row: the export refuses it with a one-line reason and
+    writes nothing. Adding the row is all it takes for the block to create, export and reload it."""
+    h, model = tiny_model()
+    model.blocks[0].extra = torch.nn.Parameter(torch.randn(8, 64))
+    path = tmp_path / "m.ptz"
+    with pytest.raises(ValueError, match=r"^blocks\.0\.extra: a 2-D parameter that MATRICES does not name"):
+        write_artifact(model, str(path), h, 0, 10**7, None, lambda line: None)
+    assert not path.exists()
+    row = train_gpt.Matrix("extra", lambda d, kv, f: 8, False, "extra", None)
+    monkeypatch.setattr(train_gpt, "MATRICES", train_gpt.MATRICES + (row,))
+    monkeypatch.setattr(train_gpt, "MATRIX_KINDS", train_gpt.MATRIX_KINDS + ("extra",))
+    torch.manual_seed(0)
+    model = GPT(h)
+    assert model.blocks[1].extra.shape == (8, 64) and any(p is model.blocks[1].extra for p in model.matrices())
+    write_artifact(model, str(path), h, 0, 10**7, None, lambda line: None)
+    state = load_artifact(str(path))
+    assert torch.allclose(state["blocks.1.extra"], torch.nn.functional.normalize(model.blocks[1].extra.detach(), dim=-1), atol=0.02)

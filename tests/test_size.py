@@ -59,3 +59,75 @@ def test_not_an_artifact_is_one_line_and_exit_1(tmp_path):
     assert missing.returncode == 1 and "cannot read" in missing.stderr
     assert subprocess.run(SIZE + ["--help"], capture_output=True, text=True).returncode == 0
     assert subprocess.run(SIZE + [str(path), "--by", "layer"], capture_output=True, text=True).returncode == 2
+
+
+def test_models_floor_on_a_tiny_artifact(tmp_path):
+    """--models: a row per kind (and the fp16 entries) prints; the order-0 entropy is the hand-computed one; no model
+    that conditions on more (a column, a row, the previous value) is worse before its parameter costs; a single
+    distribution per tensor (G0) or per column (Gcol) is never better than the histogram it stands for."""
+    import json
+    from collections import Counter
+    import math
+
+    import numpy as np
+    from train_gpt import artifact_frames, unpack_artifact
+
+    model, path = artifact(tmp_path)
+    out = subprocess.run(SIZE + [str(path), "--models", "--json", str(tmp_path / "floor.json")], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    print(out.stdout)
+    for kind in ("q", "k", "v", "o", "up", "down", "emb", "all int8", "alpha_attn", "mlp_gain", "emb (step)", "all fp16"):
+        assert re.search(rf"(?m)^\| {re.escape(kind)} \| ", out.stdout), kind
+    rep = json.loads((tmp_path / "floor.json").read_text())
+    tensors, _ = unpack_artifact(path.read_bytes())
+    frames = artifact_frames(path.read_bytes())
+    ints = 0
+    for (name, role, a), frame, row in zip(tensors, frames[1:], rep["tensors"]):
+        assert row["name"] == name and row["zstd_bytes"] == len(frame) and row["values"] == a.size
+        if role not in ("unit", "rows"):
+            if a.size == 1:  # logit_scale: a high byte alone costs KT's log2(256), the low byte 8 bits
+                assert abs(row["hi_byte_bits"] - 8) < 1e-9 and abs(row["hi_byte_param_bits"] - 8) < 1e-9
+            continue
+        ints += 1
+        m = row["models"]
+        n = a.size
+        hand = sum(c * math.log2(n / c) for c in Counter(a.ravel().tolist()).values())  # n x H0, by hand
+        assert abs(m["H0"]["symbol_bits"] - hand) <= 1e-9 * hand
+        for richer in ("Hcol", "Hrow", "H1row", "H1col"):
+            assert m[richer]["symbol_bits"] <= m["H0"]["symbol_bits"] + 1e-6, (name, richer)
+            assert m[richer]["param_bits"] >= 0
+        assert m["G0"]["symbol_bits"] >= m["H0"]["symbol_bits"] - 1e-6
+        assert m["Gcol"]["symbol_bits"] >= m["Hcol"]["symbol_bits"] - 1e-6
+        for fam in "LG":
+            assert m[f"{fam}rc"]["symbol_bits"] <= m[f"{fam}col"]["symbol_bits"] * (1 + 1e-9)  # refined from it
+        assert m["Gcol"]["param_bits"] == 16 * a.shape[1] and m["Grc"]["param_bits"] == 16 * sum(a.shape)
+        best = min((k for k in m if k != "best"), key=lambda k: m[k]["symbol_bits"] + m[k]["param_bits"])
+        assert m["best"]["model"] == best
+    assert ints == 13 and rep["kinds"]["up"]["tensors"] == 2
+    kind_h0 = sum(t["models"]["H0"]["symbol_bits"] for t in rep["tensors"] if t["kind"] == "q")
+    assert rep["kinds"]["q"]["models"]["H0"]["symbol_bits"] == kind_h0
+
+
+def test_models_floor_finds_column_scales():
+    """On columns of very different scales a per-column scale pays its 2 bytes a column; on i.i.d. values it
+    does not, and the histogram's costs grow with its contexts."""
+    import numpy as np
+    import size
+
+    rng = np.random.default_rng(0)
+    scales = np.exp(rng.uniform(-1.5, 1.5, 64))
+    for cols, iid in ((scales, False), (np.full(64, 2.0), True)):
+        q = np.clip(np.round(rng.standard_normal((512, 64)) * cols), -127, 127).astype(np.int8)
+        f = size.coder_floor(q)
+        total = {k: sum(v) for k, v in f.items()}
+        if iid:
+            assert total["H0"] < total["Gcol"] and total["H0"] < total["Hcol"] and total["H0"] < total["H1row"]
+        else:
+            assert total["Gcol"] < total["H0"] and total["Grc"] < total["H0"] and total["Gcol"] < total["Lcol"]
+        assert f["Hcol"][1] > 20 * f["H0"][1]
+    a = np.arange(3000)
+    for fam in "LG":
+        for s in (0.3, 2.5, 40.0):
+            p = size.laplace_gauss_p(a, s, fam)
+            assert abs(p[0] + 2 * p[1:].sum() - 1) < 1e-9  # a distribution over the integers
