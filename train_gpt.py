@@ -49,7 +49,8 @@ HPARAMS = dict(  # every one an environment variable of the same name; the READM
     # schedule
     ITERATIONS=20000,  # most training steps
     WARMUP_STEPS=20,  # compile warm-up steps, undone before the timed training
-    WARMDOWN_ITERS=4000,  # learning rates fall linearly to 0 over the last this-many steps (from the clock when capped)
+    WARMDOWN_ITERS=4000,  # learning rates fall linearly to MIN_LR over the last this-many steps (from the clock when capped)
+    MIN_LR=0.0,  # the warm-down's floor, a fraction of each base learning rate (#1787, #1855: 0.1)
     MAX_WALLCLOCK_SECONDS=600.0,  # training time cap, calibration included (0: none)
     TRAIN_BATCH_TOKENS=786432,  # tokens per optimizer step, all ranks together
     TRAIN_SEQ_LEN=2048,  # training sequence length
@@ -154,6 +155,7 @@ def check_config(h, world: int) -> None:
         (h.norm not in ("exact", "approx") or h.norm == "approx" and h.sphere_opt != "retract",
          f"NORM={h.norm!r} must be 'exact' or 'approx' (approx with SPHERE_OPT=retract)"),
         (h.muon_wd < 0, f"MUON_WD={h.muon_wd} must be >= 0"),
+        (not 0 <= h.min_lr <= 1, f"MIN_LR={h.min_lr} must be in [0, 1]"),
         (not 0 <= h.leaky_slope < 1, f"LEAKY_SLOPE={h.leaky_slope} must be in [0, 1)"),
         (h.embed_init_std <= 0 or h.muon_momentum_warmup_steps < 0, "EMBED_INIT_STD must be > 0, MUON_MOMENTUM_WARMUP_STEPS >= 0"),
         (not {h.ttt, h.gpu_numerics, h.eval_sliding} <= {0, 1},
@@ -1267,14 +1269,16 @@ class Run:
         return loss_sum
 
     def lr_mul(self, step: int, elapsed_ms: float) -> float:
-        """1, then a linear warm-down to 0 over the last WARMDOWN_ITERS steps (estimated from the step time when the
-        wall clock is capped)."""
+        """1, then a linear warm-down to MIN_LR over the last WARMDOWN_ITERS steps (estimated from the step time when
+        the wall clock is capped)."""
         h, cap_ms = self.h, self.cap_ms
         if h.warmdown_iters <= 0:
             return 1.0
         if cap_ms <= 0:
-            return min(1.0, max(h.iterations - step, 0) / h.warmdown_iters)
-        return min(1.0, max(cap_ms - elapsed_ms, 0.0) / max(h.warmdown_iters * elapsed_ms / max(step, 1), 1e-9))
+            left = min(1.0, max(h.iterations - step, 0) / h.warmdown_iters)
+        else:
+            left = min(1.0, max(cap_ms - elapsed_ms, 0.0) / max(h.warmdown_iters * elapsed_ms / max(step, 1), 1e-9))
+        return h.min_lr + (1 - h.min_lr) * left
 
     def warm_up(self, train_files: list[str]) -> None:
         """Compile and warm up on WARMUP_STEPS steps, then restore the initial weights and optimizer state."""
