@@ -772,7 +772,8 @@ def adapt_base(model: nn.Module, fwd, tokens: torch.Tensor, starts, lengths, h, 
     saved = [p.detach().clone() for p in mats]
     spans = [torch.arange(int(s), int(s) + int(n), device=device) for s, n in zip(starts, lengths)]
     idx = torch.cat(spans) if spans else torch.zeros(0, dtype=torch.long, device=device)
-    rows = max(1, -(-len(idx) // L))
+    rows = max(2, -(-len(idx) // L))
+    rows += rows % h.ttt_batch_docs == 1 < h.ttt_batch_docs  # no micro-batch of one row: it would compile anew
     pad = rows * L - len(idx)
     mask = torch.cat([torch.ones(len(idx), device=device), torch.zeros(pad, device=device)]).view(rows, L)
     idx = torch.cat([idx, idx.new_zeros(pad)]).view(rows, L)

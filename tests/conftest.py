@@ -109,3 +109,29 @@ def cpu_runs(tmp_path_factory, tiny_run_env):
                      "seconds": time.perf_counter() - t0})
         print(f"cpu_runs: SEED={seed} took {runs[-1]['seconds']:.1f}s")
     return runs
+
+
+def train_tiny(h, data_path, steps: int, autocast=None):
+    """A GPT (seed 0) trained `steps` steps of 8 sequences on data_path with main()'s optimizers and retraction,
+    under `autocast` if given; returns (model, the training stream left where it stopped, losses)."""
+    import contextlib
+
+    import torch
+
+    from train_gpt import GPT, TokenStream, make_optimizers, shard_files
+    torch.manual_seed(0)
+    model = GPT(h)
+    optimizers = make_optimizers(model, h)
+    stream = TokenStream(shard_files(f"{data_path}/fineweb_train_*.bin"), h.vocab_size)
+    losses = []
+    for _ in range(steps):
+        x, y = stream.batch(8, h.train_seq_len, 0, 1, "cpu")
+        with autocast or contextlib.nullcontext():
+            loss = model(x, y)
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        model.renorm_()
+        losses.append(loss.item())
+    return model, stream, losses

@@ -13,9 +13,10 @@ import sentencepiece as spm
 import torch
 
 import train_gpt
+from conftest import train_tiny
 from train_gpt import (GPT, MATRIX_KINDS, SIZE_LIMIT, TokenStream, byte_luts, collect_hessians, dequantize, evaluate,
                        finest_step, gptq, hessian_name,
-                       load_artifact, load_hparams, load_tokens, make_optimizers, pack_artifact, quantized_tensors,
+                       load_artifact, load_hparams, load_tokens, pack_artifact, quantized_tensors,
                        shard_files, unpack_artifact, write_artifact)
 
 TINY = {"NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "TRAIN_SEQ_LEN": "64"}
@@ -186,20 +187,7 @@ def test_a_model_too_small_for_the_budget_stops_at_the_finest_step(tmp_path):
 def trained(tiny_shards):
     """A tiny GPT trained for 50 steps on the tiny shards with main()'s optimizers, and a val_bpb scorer."""
     h = load_hparams({**TINY, **tiny_shards.env})
-    torch.manual_seed(0)
-    model = GPT(h)
-    optimizers = make_optimizers(model, h)
-    stream = TokenStream(shard_files(f"{tiny_shards.data_path}/fineweb_train_*.bin"), h.vocab_size)
-    losses = []
-    for _ in range(50):
-        x, y = stream.batch(8, h.train_seq_len, 0, 1, "cpu")
-        loss = model(x, y)
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        model.renorm_()
-        losses.append(loss.item())
+    model, stream, losses = train_tiny(h, tiny_shards.data_path, 50)
     assert losses[-1] < losses[0] - 1
     hessians = collect_hessians(model, (stream.batch(8, h.train_seq_len, 0, 1, "cpu") for _ in range(4)),
                                 contextlib.nullcontext())

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import train_gpt
-from train_gpt import (GPT, TokenStream, adapted_norm2, collect_hessians, evaluate_ttt, hessian_name, load_hparams,
-                       make_optimizers, quantized_tensors, shard_files)
+from conftest import train_tiny
+from train_gpt import GPT, adapted_norm2, collect_hessians, evaluate_ttt, hessian_name, load_hparams, quantized_tensors
 
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
 TINY = dict(NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", TRAIN_SEQ_LEN="64", MLP_MULT="4.25")
@@ -20,19 +20,7 @@ TINY = dict(NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", TRA
 def trained(tiny_shards):
     """A 2 x 64 model (MLP 4.25x, as the default) trained 40 steps under bf16 autocast, and a calibration stream."""
     h = load_hparams({**TINY, **tiny_shards.env})
-    torch.manual_seed(0)
-    model = GPT(h)
-    optimizers = make_optimizers(model, h)
-    stream = TokenStream(shard_files(f"{tiny_shards.data_path}/fineweb_train_*.bin"), h.vocab_size)
-    for _ in range(40):
-        x, y = stream.batch(8, h.train_seq_len, 0, 1, "cpu")
-        with torch.autocast(**BF16):
-            loss = model(x, y)
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        model.renorm_()
+    model, stream, _ = train_tiny(h, tiny_shards.data_path, 40, torch.autocast(**BF16))
     batches = [stream.batch(8, h.train_seq_len, 0, 1, "cpu") for _ in range(4)]
     return h, model, batches
 
