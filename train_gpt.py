@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import uuid
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Callable, NamedTuple
@@ -49,6 +50,7 @@ HPARAMS = dict(  # every one an environment variable of the same name; the READM
     # schedule
     ITERATIONS=20000,  # most training steps
     WARMUP_STEPS=20,  # compile warm-up steps, undone before the timed training
+    LR_WARMUP_STEPS=0,  # learning rates rise linearly from 1/LR_WARMUP_STEPS to 1 over the first this-many steps
     WARMDOWN_ITERS=4000,  # learning rates fall linearly to MIN_LR over the last this-many steps (from the clock when capped)
     MIN_LR=0.0,  # the warm-down's floor, a fraction of each base learning rate (#1787, #1855: 0.1)
     MAX_WALLCLOCK_SECONDS=600.0,  # training time cap, calibration included (0: none)
@@ -70,6 +72,13 @@ HPARAMS = dict(  # every one an environment variable of the same name; the READM
     LEAKY_SLOPE=0.5,  # MLP activation leaky_relu(x, LEAKY_SLOPE)^2 (0: relu^2)
     ALPHA_INIT=0.05,  # initial eigen learning rate of each block update
     NORM="exact",  # exact: nGPT's normalizations; approx: anGPT's constant factors, rows kept at norm <= 1
+    LOOP_BLOCKS="",  # depth recurrence: blocks "A-B" (inclusive, from 0) run LOOP_RUNS times in a row ("": off) (#1344)
+    LOOP_RUNS=3,  # how many times the looped blocks run (the artifact stores them once)
+    LOOP_FROM=0.35,  # the loop switches on past this fraction of training (steps, or the clock when capped)
+    XSA_LAST=0,  # XSA on the last this-many blocks: attention output minus its part along the own value (#478)
+    SMEAR=0,  # 1: SmearGate, a gated share of the previous token's embedding, never across a BOS (#1667, #1855)
+    ATTN_GATE=0,  # 1: per-head sigmoid gate on the attention output from 12 input dims, transparent at init (#1787)
+    LOGIT_SOFTCAP=0.0,  # > 0: logits = LOGIT_SOFTCAP tanh(logits / LOGIT_SOFTCAP)
     # optimizer
     MATRIX_LR=0.04,  # Muon (block matrices)
     SCALAR_LR=0.01,  # Adam (eigen learning rates, gains, logit scale)
@@ -112,6 +121,7 @@ HPARAMS = dict(  # every one an environment variable of the same name; the READM
 SIZE_LIMIT = 16_000_000
 FULL_VAL_TOKENS = 63_779_840  # the FineWeb validation split (sp1024), for time projections
 BUDGET_WINDOW = 0.005  # the export fills code + model to at least 99.5% of SIZE_LIMIT
+GATE_DIMS = 12  # the SmearGate and the attention gate read this many dims of their input (#1667, #1787)
 TTT_KINDS = ("q", "k", "v", "o", "up", "down", "head")  # what TTT may adapt: MATRICES' names and the tied head
 
 
@@ -128,7 +138,24 @@ def load_hparams(environ=os.environ) -> SimpleNamespace:
     h.eval_seq_len = h.eval_seq_len or h.train_seq_len
     h.ttt_chunk = min(h.ttt_chunk, h.eval_seq_len)
     h.rope_dims = h.rope_dims or h.model_dim // max(h.num_heads, 1)
+    h.bos_id = 1  # the challenge's tokenizers' BOS; read_inputs takes the tokenizer's own
     return h
+
+
+def block_order(h, looped: bool) -> tuple[int, ...]:
+    """The blocks a forward runs, in order: each once, or with LOOP_BLOCKS "A-B" and looped, A..B LOOP_RUNS times in
+    a row (0..A-1, then A..B, A..B, ..., then B+1..). Raises ValueError on a malformed or out-of-range LOOP_BLOCKS."""
+    order = tuple(range(h.num_layers))
+    if not h.loop_blocks:
+        return order
+    try:
+        a, b = (int(v) for v in h.loop_blocks.split("-"))
+    except ValueError:
+        raise ValueError(f"LOOP_BLOCKS={h.loop_blocks!r} must be 'A-B' (block indices, e.g. 3-5)") from None
+    if not 0 <= a <= b < h.num_layers or h.loop_runs < 1:
+        raise ValueError(f"LOOP_BLOCKS={h.loop_blocks!r} must lie in 0..NUM_LAYERS-1={h.num_layers - 1} (A <= B), "
+                         f"LOOP_RUNS={h.loop_runs} >= 1")
+    return order[:a] + order[a:b + 1] * (h.loop_runs if looped else 1) + order[b + 1:]
 
 
 def check_config(h, world: int) -> None:
@@ -156,6 +183,11 @@ def check_config(h, world: int) -> None:
          f"NORM={h.norm!r} must be 'exact' or 'approx' (approx with SPHERE_OPT=retract)"),
         (h.muon_wd < 0, f"MUON_WD={h.muon_wd} must be >= 0"),
         (not 0 <= h.min_lr <= 1, f"MIN_LR={h.min_lr} must be in [0, 1]"),
+        (h.lr_warmup_steps < 0 or h.logit_softcap < 0, "LR_WARMUP_STEPS and LOGIT_SOFTCAP must be >= 0"),
+        (not 0 <= h.loop_from <= 1, f"LOOP_FROM={h.loop_from} must be in [0, 1]"),
+        (not 0 <= h.xsa_last <= h.num_layers, f"XSA_LAST={h.xsa_last} must be in 0..NUM_LAYERS={h.num_layers}"),
+        (not {h.smear, h.attn_gate} <= {0, 1} or (h.smear or h.attn_gate) and h.model_dim < GATE_DIMS,
+         f"SMEAR={h.smear} and ATTN_GATE={h.attn_gate} must each be 0 or 1 (when on: MODEL_DIM >= {GATE_DIMS})"),
         (not 0 <= h.leaky_slope < 1, f"LEAKY_SLOPE={h.leaky_slope} must be in [0, 1)"),
         (h.embed_init_std <= 0 or h.muon_momentum_warmup_steps < 0, "EMBED_INIT_STD must be > 0, MUON_MOMENTUM_WARMUP_STEPS >= 0"),
         (not {h.ttt, h.gpu_numerics, h.eval_sliding} <= {0, 1},
@@ -170,6 +202,7 @@ def check_config(h, world: int) -> None:
     for bad, message in problems:
         if bad:
             raise ValueError(message)
+    block_order(h, True)
 
 # ------------------------------ optimizer
 
@@ -570,6 +603,9 @@ class Block(nn.Module):
         self.q_gain = nn.Parameter(torch.full((d,), h.qk_gain_init * d ** -0.5))  # logits QK_GAIN_INIT sqrt(hd) cos
         self.mlp_gain = nn.Parameter(torch.ones(hidden))
         self.leaky_slope, self.wn = h.leaky_slope, h.sphere_opt == "wn"
+        self.xsa = index >= h.num_layers - h.xsa_last
+        # the attention gate's (heads, GATE_DIMS) weights, stored flat: a gain (fp16 in the artifact), not a matrix
+        self.attn_gate = nn.Parameter(torch.zeros(self.heads * GATE_DIMS)) if h.attn_gate else None
         # NORM=approx (anGPT): a sublayer output's exact normalization becomes the constant that brings its expected
         # norm to 1 for unit inputs and rows; q and k stay exact
         s, hd = h.leaky_slope, self.head_dim
@@ -616,7 +652,14 @@ class Block(nn.Module):
         v = self.scaled(self.mm(x, "v", lora), "v").view(B, T, self.kv_heads, self.head_dim)
         q = unit(rope(q, cos, sin)) * (self.q_gain * self.scale).to(q.dtype).view(self.heads, self.head_dim)
         k = unit(rope(k, cos, sin))
-        y = self.mm(attention(q, k, v, self.head_dim ** 0.5).reshape(B, T, -1), "o", lora)
+        y = attention(q, k, v, self.head_dim ** 0.5)
+        if self.xsa:  # XSA: drop each head's component along its own position's (unit) value
+            vn = unit(v).repeat_interleave(self.heads // self.kv_heads, dim=2)
+            y = y - (y * vn).sum(-1, keepdim=True) * vn
+        if self.attn_gate is not None:  # 2 sigmoid(0) = 1 at init; the block input scaled to unit RMS
+            z = (x[..., :GATE_DIMS] * self.scale) @ self.attn_gate.view(self.heads, GATE_DIMS).to(x.dtype).T
+            y = y * (2 * torch.sigmoid(z))[..., None].to(y.dtype)
+        y = self.mm(y.reshape(B, T, -1), "o", lora)
         x = self.lerp(x, y, self.alpha_attn, "o")
         return self.lerp(x, self.mm(self.mlp_hidden(x, lora), "down", lora), self.alpha_mlp, "down")
 
@@ -628,6 +671,15 @@ class GPT(nn.Module):
         nn.init.normal_(self.emb.weight, std=h.embed_init_std)
         self.blocks = nn.ModuleList(Block(h, i) for i in range(h.num_layers))
         self.hessians, self.approx = None, h.norm == "approx"
+        # depth recurrence: the trained model's forward is the looped one; training starts unlooped (Run.train).
+        # A plain attribute: torch.compile guards on it, so each value is its own graph, both compiled in the warm-up
+        self.orders = {False: block_order(h, False), True: block_order(h, True)}
+        self.looped = bool(h.loop_blocks)
+        self.bos, self.softcap = h.bos_id, h.logit_softcap
+        if h.smear:  # zero weight: transparent at init
+            self.smear_gate = nn.Parameter(torch.zeros(GATE_DIMS))
+            self.smear_weight = nn.Parameter(torch.zeros(()))
+        self.smear = bool(h.smear)
         self.logit_scale = nn.Parameter(torch.ones(()))
         self.logit_init = h.model_dim ** 0.5
         for name, table in zip(("cos", "sin"), rope_tables(h)):
@@ -651,11 +703,22 @@ class GPT(nn.Module):
         norms = norms.clamp_min(1.0) if self.approx else norms
         torch._foreach_div_(mats, list(norms.split([p.size(0) for p in mats])))
 
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """The unit input of the first block. SMEAR=1: each token's embedding plus w sigmoid(g . its first GATE_DIMS
+        dims, at unit RMS) times the previous token's, except at a BOS (nothing crosses into a new document)."""
+        e = self.emb(idx)
+        if not self.smear:
+            return unit(e)
+        cur, prev = e[:, 1:], e[:, :-1] * (idx[:, 1:] != self.bos)[..., None].to(e.dtype)
+        z = unit(cur)[..., :GATE_DIMS] @ (self.smear_gate * self.emb.weight.size(1) ** 0.5).to(e.dtype)
+        share = (self.smear_weight * torch.sigmoid(z))[..., None].to(e.dtype)
+        return unit(torch.cat([e[:, :1], cur + share * prev], 1))
+
     def forward(self, idx, targets, reduction: str = "mean", lora: dict | None = None):
         T = idx.size(1)
-        x = unit(self.emb(idx))
-        for block in self.blocks:
-            x = block(x, self.cos[:T], self.sin[:T], lora)
+        x = self.embed(idx)
+        for i in self.orders[self.looped]:
+            x = self.blocks[i](x, self.cos[:T], self.sin[:T], lora)
         if self.hessians is not None:
             note_input(self.hessians, "emb.weight", x)
         logits = F.linear(x, self.emb.weight)
@@ -663,6 +726,8 @@ class GPT(nn.Module):
             a, b = lora["emb.weight"]
             logits = logits + (x @ a.transpose(1, 2)) @ b.transpose(1, 2)
         logits = logits.float() * (self.logit_scale * self.logit_init)
+        if self.softcap > 0:
+            logits = self.softcap * torch.tanh(logits / self.softcap)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
         return loss if reduction == "mean" else loss.view_as(targets)
 
@@ -806,6 +871,30 @@ def adapt_base(model: nn.Module, fwd, tokens: torch.Tensor, starts, lengths, h, 
     return ok
 
 
+def initial_adapters(model: nn.Module, h, device) -> dict:
+    """{name: (A, rows)} for every matrix in TTT_TARGETS: one random initial A (TTT_RANK x d) shared by every document
+    (seeded by SEED: no score depends on how documents are batched); B starts at zero (rows x TTT_RANK)."""
+    params = dict(model.named_parameters())
+    gen = torch.Generator().manual_seed(h.seed)
+    return {n: ((torch.randn(h.ttt_rank, params[n].size(1), generator=gen) * params[n].size(1) ** -0.5).to(device),
+                params[n].size(0)) for n in adapted_names(model, h.ttt_targets.split(","))}
+
+
+def past_deadline(work: list[int], i: int, elapsed: float, now: float, deadline: float) -> bool:
+    """Whether adapting batch i (work: window tokens per batch) would leave the batches after it unable to finish by
+    the deadline, at the adapted throughput so far and forward-only batches 3x as fast."""
+    rate = sum(work[:i]) / elapsed
+    return now + work[i] / rate + sum(work[i + 1:]) / (3 * rate) > deadline
+
+
+def all_ranks(bad: list, unadapted: list, at: float | None, world: int) -> tuple[list, list, float | None]:
+    """Every rank's non-finite and unadapted documents, and the earliest time a rank's deadline struck."""
+    gathered = [None] * world
+    dist.all_gather_object(gathered, (bad, unadapted, at))
+    return ([d for part in gathered for d in part[0]], [d for part in gathered for d in part[1]],
+            min((part[2] for part in gathered if part[2] is not None), default=None))
+
+
 def evaluate_ttt(model: nn.Module, tokens: torch.Tensor, luts, h, bos: int, autocast, fwd=None,
                  per_target: torch.Tensor | None = None, deadline: float | None = None,
                  clock=time.perf_counter) -> tuple[float, float, dict]:
@@ -824,10 +913,7 @@ def evaluate_ttt(model: nn.Module, tokens: torch.Tensor, luts, h, bos: int, auto
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     device, t0 = luts[0].device, clock()
     starts, lengths = documents(tokens, bos)
-    params = dict(model.named_parameters())
-    gen = torch.Generator().manual_seed(h.seed)  # one initial A per matrix for every document: scores do not depend on batching
-    init = {n: ((torch.randn(h.ttt_rank, params[n].size(1), generator=gen) * params[n].size(1) ** -0.5).to(device),
-                params[n].size(0)) for n in adapted_names(model, h.ttt_targets.split(","))}
+    init = initial_adapters(model, h, device)
     groups = ttt_batches(lengths, h, rank, world)
     batches = [docs for group in groups for docs in group]
     work = [window_work(lengths[d].tolist(), h.ttt_chunk, h.eval_seq_len) for d in batches]
@@ -839,10 +925,8 @@ def evaluate_ttt(model: nn.Module, tokens: torch.Tensor, luts, h, bos: int, auto
     for g, group in enumerate(groups):
         for docs in group:
             now = clock()
-            if adapt and deadline is not None and i > 0:
-                rate = sum(work[:i]) / (now - t0)  # adapted window tokens per second so far
-                if now + work[i] / rate + sum(work[i + 1:]) / (3 * rate) > deadline:
-                    adapt, at = False, now - t0
+            if adapt and deadline is not None and i > 0 and past_deadline(work, i, now - t0, now, deadline):
+                adapt, at = False, now - t0
             s, dropped, _ = ttt_batch(fwd, tokens, starts[docs].to(device), lengths[docs].to(device), init, luts, h,
                                       autocast, adapt, per_target)
             sums += s
@@ -863,10 +947,7 @@ def evaluate_ttt(model: nn.Module, tokens: torch.Tensor, luts, h, bos: int, auto
         p.requires_grad_(g)
     if world > 1:
         dist.all_reduce(sums)
-        gathered = [None] * world
-        dist.all_gather_object(gathered, (bad, unadapted, at))
-        bad, unadapted = [d for part in gathered for d in part[0]], [d for part in gathered for d in part[1]]
-        at = min((part[2] for part in gathered if part[2] is not None), default=None)
+        bad, unadapted, at = all_ranks(bad, unadapted, at, world)
     loss = (sums[0] / sums[1]).item()
     info = dict(docs=len(starts), tokens=int(sums[1].item()), bytes=int(sums[2].item()), nonfinite=sorted(bad),
                 unadapted=sorted(unadapted), deadline_at=at, phase_steps=steps, window_tokens=sum(work))
@@ -893,11 +974,12 @@ def zero_dropped(lora: dict, keep: torch.Tensor) -> None:
             t.copy_(torch.where(keep[:, None, None], t, 0))
 
 # ------------------------------ export
-# final_model.ptz = ARTIFACT_MAGIC, then zstd frames, each after its 4-byte little-endian length: a JSON header
-# {"meta": {...}, "tensors": [[name, role, dtype, shape], ...]}, then one frame per tensor (DESIGN.md: why). Roles: "unit"
-# int8 rows renormalized on load, "rows" int8 rows times the fp16 steps of the "step" entry after it, "raw" fp16.
+# final_model.ptz = ARTIFACT_MAGIC, then frames, each after its 4-byte little-endian length: a zstd JSON header
+# {"meta": {...}, "tensors": [[name, role, dtype, shape], ...]}; one rANS frame holding every int8 tensor (in header
+# order); one zstd frame per other (fp16) tensor (DESIGN.md: why). Roles: "unit" int8 rows renormalized on load,
+# "rows" int8 rows times the fp16 steps of the "step" entry after it, "raw" fp16.
 
-ARTIFACT_MAGIC = b"nGPT-artifact-v2\n"
+ARTIFACT_MAGIC = b"nGPT-artifact-v3\n"
 # "dfast" with 7-byte minimum matches: on int8 weights within 0.2% of zstd level 22, 500x faster (DESIGN.md)
 ZSTD_PARAMS = dict(window_log=20, hash_log=17, chain_log=16, search_log=1, min_match=7, target_length=0, strategy=2)
 MATRIX_KINDS = ("up", "down", "o", "q", "v", "k")  # the artifact's order: one kind after another, largest first
@@ -996,10 +1078,109 @@ def quantized_tensors(model: GPT, h, lam: float, hessians: dict | None, fallback
     return out
 
 
+# The int8 symbols are coded at their order-0 entropy per tensor (zstd's match finder sits ~2% above it: DESIGN.md,
+# "The coder"): a static rANS coder, one frequency table per tensor, RANS_LANES states interleaved over the symbols of
+# all tensors in a row so that numpy codes a step of every lane at once. 32-bit states in [2^16, 2^32), 16-bit words.
+RANS_BITS = 14  # each tensor's frequencies sum to 2^RANS_BITS
+RANS_LANES = 1024  # at most; a small model gets one lane per 4096 symbols (the final states cost 4 bytes a lane)
+U16, U32 = np.uint64(16), np.uint64(32)
+
+
+def rans_table(q: np.ndarray) -> tuple[int, np.ndarray]:
+    """(m, f): m = max |q|, f the frequencies of -m..m summing to 2^RANS_BITS, at least 1 for each value present."""
+    m = int(np.abs(q).max()) if q.size else 0
+    counts = np.bincount(q.ravel().astype(np.int64) + m, minlength=2 * m + 1)
+    total = 1 << RANS_BITS
+    f = np.where(counts > 0, np.maximum(1, np.round(counts * total / max(q.size, 1))), 0).astype(np.int64)
+    if not q.size:
+        f[m] = total
+    while f.sum() != total:  # at most a few hundred moves, each on the largest entry that can take it
+        i = int(np.argmax(np.where(f > 1, f, 0) if f.sum() > total else counts))
+        f[i] += 1 if f.sum() < total else -1
+    return m, f
+
+
+def rans_encode(arrays: list[np.ndarray]) -> bytes:
+    """One frame: crc32 of the rest | lanes, words (uint32) | per array max |q| (uint8) and its 2m+1 frequencies
+    (uint16) | final states (uint32 per lane) | words (uint16), in decoding order."""
+    n, P = sum(a.size for a in arrays), np.uint64(RANS_BITS)
+    lanes = max(1, min(RANS_LANES, n // 4096))
+    tables = [rans_table(a) for a in arrays]
+    F, C = np.zeros((len(arrays) + 1) * 256, np.uint64), np.zeros((len(arrays) + 1) * 256, np.uint64)
+    for i, (m, f) in enumerate(tables):  # symbol q of array i: key 256 i + 127 + q
+        F[256 * i + 127 - m:256 * i + 128 + m], C[256 * i + 127 - m:256 * i + 128 + m] = f, np.cumsum(f) - f
+    F[-256:], C[-256:] = 1 << RANS_BITS, 0  # padding (the last step's unused lanes): a symbol of probability 1
+    keys = np.full(-(-n // lanes) * lanes, len(arrays) * 256 + 127, np.int32)
+    at = 0
+    for i, a in enumerate(arrays):
+        keys[at:at + a.size] = a.ravel().astype(np.int32) + 256 * i + 127
+        at += a.size
+    keys = keys.reshape(-1, lanes)
+    x, out = np.full(lanes, 1 << 16, np.uint64), []
+    for t in range(keys.shape[0] - 1, -1, -1):
+        f, c = F[keys[t]], C[keys[t]]
+        big = x >= f << (U32 - P)
+        out.append((x[big] & np.uint64(0xFFFF)).astype("<u2"))
+        x[big] >>= U16
+        x = (x // f << P) + x % f + c
+    words = np.concatenate(out[::-1]) if out else np.zeros(0, "<u2")
+    body = b"".join([np.array([lanes, words.size], "<u4").tobytes()]
+                    + [bytes([m]) + f.astype("<u2").tobytes() for m, f in tables]
+                    + [x.astype("<u4").tobytes(), words.tobytes()])
+    return zlib.crc32(body).to_bytes(4, "little") + body
+
+
+def rans_decode(frame: bytes, sizes: list[int]) -> list[np.ndarray]:
+    """The int8 arrays (flat) of a rans_encode frame; ValueError on any inconsistency: the checksum, a table, the
+    words running out or left over, a final state other than the initial one."""
+    if len(frame) < 12 or zlib.crc32(frame[4:]) != int.from_bytes(frame[:4], "little"):
+        raise ValueError("the rANS frame's checksum does not match")
+    body, P = memoryview(frame)[4:], np.uint64(RANS_BITS)
+    lanes, n_words = (int(v) for v in np.frombuffer(body[:8], "<u4"))
+    at, n = 8, sum(sizes)
+    F, C = np.zeros((len(sizes) + 1) * 256, np.uint64), np.zeros((len(sizes) + 1) * 256, np.uint64)
+    lut = np.zeros((len(sizes) + 1) << RANS_BITS, np.int64)  # (array, slot) -> key
+    for i in range(len(sizes) + 1):
+        if i < len(sizes):
+            m = body[at]
+            f = np.frombuffer(body[at + 1:at + 3 + 4 * m], "<u2").astype(np.int64)
+            at += 3 + 4 * m
+            if f.size != 2 * m + 1 or f.sum() != 1 << RANS_BITS:
+                raise ValueError(f"the rANS table of int8 tensor {i} does not sum to 2^{RANS_BITS}")
+        else:
+            m, f = 0, np.array([1 << RANS_BITS])
+        F[256 * i + 127 - m:256 * i + 128 + m], C[256 * i + 127 - m:256 * i + 128 + m] = f, np.cumsum(f) - f
+        lut[i << RANS_BITS:(i + 1) << RANS_BITS] = np.repeat(np.arange(256 * i + 127 - m, 256 * i + 128 + m), f)
+    if lanes < 1 or len(body) != at + 4 * lanes + 2 * n_words:
+        raise ValueError("the rANS frame's length does not fit its lanes and words")
+    x = np.frombuffer(body[at:at + 4 * lanes], "<u4").astype(np.uint64)
+    words = np.frombuffer(body[at + 4 * lanes:], "<u2").astype(np.uint64)
+    array_of = np.full(-(-n // lanes) * lanes, len(sizes), np.int32)
+    array_of[:n] = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+    array_of = array_of.reshape(-1, lanes) << RANS_BITS
+    out, ptr, mask, low = np.empty(array_of.shape, np.uint8), 0, np.uint64((1 << RANS_BITS) - 1), np.uint64(1 << 16)
+    for t in range(array_of.shape[0]):
+        slot = x & mask
+        k = lut[array_of[t] + slot.astype(np.int64)]
+        out[t] = k & 255
+        x = F[k] * (x >> P) + slot - C[k]
+        small = x < low
+        need = int(small.sum())
+        if ptr + need > n_words:
+            raise ValueError("the rANS words run out before the last symbol")
+        x[small] = (x[small] << U16) | words[ptr:ptr + need]
+        ptr += need
+    if ptr != n_words or not (x == low).all():
+        raise ValueError("the rANS frame does not decode to its initial states")
+    flat = (out.ravel()[:n].astype(np.int16) - 127).astype(np.int8)
+    return np.split(flat, np.cumsum(sizes)[:-1]) if sizes else []
+
+
 def pack_artifact(tensors: list, meta: dict | None = None) -> bytes:
     header = json.dumps({"meta": meta or {}, "tensors": [[n, role, str(a.dtype), list(a.shape)] for n, role, a in tensors]})
     zstd = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters(write_checksum=1, **ZSTD_PARAMS))
-    frames = [zstd.compress(b) for b in [header.encode()] + [np.ascontiguousarray(a).tobytes() for _, _, a in tensors]]
+    frames = [zstd.compress(header.encode()), rans_encode([a for _, _, a in tensors if a.dtype == np.int8])]
+    frames += [zstd.compress(np.ascontiguousarray(a).tobytes()) for _, _, a in tensors if a.dtype != np.int8]
     return ARTIFACT_MAGIC + b"".join(len(f).to_bytes(4, "little") + f for f in frames)
 
 
@@ -1019,13 +1200,18 @@ def artifact_frames(data: bytes) -> list[bytes]:
 
 def unpack_artifact(data: bytes) -> tuple[list, dict]:
     """The inverse of pack_artifact: (tensors, meta); raises on any byte that does not fit the format."""
-    frames = [zstandard.ZstdDecompressor().decompress(f) for f in artifact_frames(data)]
-    header = json.loads(frames[0])
-    if len(frames) != 1 + len(header["tensors"]):
-        raise ValueError(f"{len(frames) - 1} tensor frames for {len(header['tensors'])} tensors")
+    frames = artifact_frames(data)
+    header = json.loads(zstandard.ZstdDecompressor().decompress(frames[0]))
+    entries = header["tensors"]
+    ints = [math.prod(shape) for _, _, dtype, shape in entries if dtype == "int8"]
+    if len(frames) != 2 + len(entries) - len(ints):
+        raise ValueError(f"{len(frames)} frames for {len(entries)} tensors ({len(ints)} of them int8)")
+    coded = iter(rans_decode(frames[1], ints))
+    fp16 = (zstandard.ZstdDecompressor().decompress(f) for f in frames[2:])
     tensors = []
-    for (name, role, dtype, shape), raw in zip(header["tensors"], frames[1:]):
-        tensors.append((name, role, np.frombuffer(raw, dtype).reshape(shape)))
+    for name, role, dtype, shape in entries:
+        a = next(coded) if dtype == "int8" else np.frombuffer(next(fp16), dtype)
+        tensors.append((name, role, a.reshape(shape)))
     return tensors, header["meta"]
 
 
@@ -1169,6 +1355,7 @@ def read_inputs(world: int):
         sp = spm.SentencePieceProcessor(model_file=h.tokenizer_path)
         if sp.vocab_size() != h.vocab_size:
             raise ValueError(f"VOCAB_SIZE={h.vocab_size} but the tokenizer {h.tokenizer_path} has {sp.vocab_size()} pieces")
+        h.bos_id = sp.bos_id()
         train_files = shard_files(os.path.join(h.data_path, "fineweb_train_*.bin"))
         val_tokens = load_tokens(os.path.join(h.data_path, "fineweb_val_*.bin"), h.vocab_size)
     except (ValueError, OSError, RuntimeError) as e:
@@ -1221,13 +1408,12 @@ class Run:
                            broadcast_buffers=False) if world > 1 else self.compiled
         self.optimizers = make_optimizers(self.model, h)
         self.val_tokens, self.luts = val_tokens.to(device), byte_luts(sp, h.vocab_size, device)
-        self.bos = sp.bos_id()
+        self.bos = h.bos_id
         self.val_seqs = max(1, h.val_batch_size // (world * h.train_seq_len))
         self.sliding = not h.ttt or bool(h.eval_sliding)  # with TTT the scored pass is TTT's
         self.train_seqs = h.train_batch_tokens // (8 * h.train_seq_len)  # per micro-batch per rank
         reserve = h.gptq_reserve_seconds if h.quant_method == "gptq" else 0.0  # GPTQ's calibration is training time
         self.cap_ms = 1000 * (h.max_wallclock_seconds - reserve) if h.max_wallclock_seconds > 0 else 0.0
-        self.hessians = None
 
     def log(self, msg: str, echo: bool = True) -> None:
         if self.rank == 0:
@@ -1270,39 +1456,52 @@ class Run:
         return loss_sum
 
     def lr_mul(self, step: int, elapsed_ms: float) -> float:
-        """1, then a linear warm-down to MIN_LR over the last WARMDOWN_ITERS steps (estimated from the step time when
-        the wall clock is capped)."""
+        """A linear warm-up over LR_WARMUP_STEPS, 1, then a linear warm-down to MIN_LR over the last WARMDOWN_ITERS
+        steps (estimated from the step time when the wall clock is capped)."""
         h, cap_ms = self.h, self.cap_ms
+        warm = min(1.0, (step + 1) / h.lr_warmup_steps) if h.lr_warmup_steps > 0 else 1.0
         if h.warmdown_iters <= 0:
-            return 1.0
+            return warm
         if cap_ms <= 0:
             left = min(1.0, max(h.iterations - step, 0) / h.warmdown_iters)
         else:
             left = min(1.0, max(cap_ms - elapsed_ms, 0.0) / max(h.warmdown_iters * elapsed_ms / max(step, 1), 1e-9))
-        return h.min_lr + (1 - h.min_lr) * left
+        return warm * (h.min_lr + (1 - h.min_lr) * left)
+
+    def looped(self, step: int, elapsed_ms: float) -> bool:
+        """Whether this step runs the loop (LOOP_BLOCKS): past LOOP_FROM of ITERATIONS, or of the clock when capped."""
+        h = self.h
+        done = elapsed_ms / self.cap_ms if self.cap_ms > 0 else step / h.iterations
+        return bool(h.loop_blocks) and done >= h.loop_from
 
     def warm_up(self, train_files: list[str]) -> None:
         """Compile and warm up on WARMUP_STEPS steps, then restore the initial weights and optimizer state."""
         h, model = self.h, self.model
         initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in self.optimizers]
         stream = TokenStream(train_files, h.vocab_size, pin=self.cuda)
-        for step in range(h.warmup_steps):
+        for step in range(h.warmup_steps):  # with LOOP_BLOCKS, the second half looped: both graphs compile here
+            model.looped = bool(h.loop_blocks) and 2 * step >= h.warmup_steps
             self.train_step(stream, step, 1.0)
         model.load_state_dict(initial[0])
         for opt, state in zip(self.optimizers, initial[1]):
             opt.load_state_dict(state)
         self.log(f"warmup_steps:{h.warmup_steps} done, weights and optimizer state restored")
 
-    def train(self, train_files: list[str]) -> tuple[float, float]:
-        """Train until ITERATIONS or the wall clock; returns the final (val_loss, val_bpb) of the weights to export."""
+    def train(self, train_files: list[str]) -> tuple[TokenStream, float, float, float]:
+        """Train until ITERATIONS or the wall clock; returns the stream (calibration reads on from it), the training
+        time (ms) and the final (val_loss, val_bpb) of the weights to export."""
         h = self.h
         stream = TokenStream(train_files, h.vocab_size, pin=self.cuda)
         cap_ms = self.cap_ms
-        train_ms, elapsed, step, stop = 0.0, 0.0, 0, False
+        train_ms, elapsed, step, stop, compiles = 0.0, 0.0, 0, False, 0
+        self.model.looped = self.looped(0, 0.0)
         self.sync()
         t0 = time.perf_counter()
         while True:
             last = step == h.iterations or stop
+            if last and h.loop_blocks and not self.model.looped:  # the trained model's forward is the looped one
+                self.log(f"warning: training ended before LOOP_FROM={h.loop_from}: the loop never ran in training")
+                self.model.looped = True
             if last or (h.val_loss_every > 0 and step > 0 and step % h.val_loss_every == 0):
                 self.sync()
                 train_ms += 1000 * (time.perf_counter() - t0)
@@ -1312,12 +1511,17 @@ class Run:
                 self.sync()
                 t0 = time.perf_counter()
             if last:
+                self.log(f"train_phase_compiles:{compiles}" + (" (graphs compiled inside the timed training: the "
+                         "warm-up missed one)" if compiles else ""))
                 self.log_peak_memory("train")
-                if h.quant_method == "gptq":
-                    self.calibrate(stream, train_ms)
-                    self.log_peak_memory("calibration")
-                return val_loss, val_bpb
+                return stream, train_ms, val_loss, val_bpb
+            if self.looped(step, elapsed) != self.model.looped:
+                self.model.looped = True
+                self.log(f"loop: on from step {step} (blocks {h.loop_blocks} x{h.loop_runs}: "
+                         f"{len(self.model.orders[True])} block runs a forward)")
+            graphs = compiled_graphs()
             loss = self.train_step(stream, step, self.lr_mul(step, elapsed))
+            compiles += compiled_graphs() - graphs
             step += 1
             self.sync()
             # every rank's loss and clock in one collective; the slowest clock drives the schedule and the stop rule,
@@ -1349,7 +1553,7 @@ class Run:
         return lo, hi
 
     @torch.no_grad()
-    def calibrate(self, stream: TokenStream, train_ms: float) -> None:
+    def calibrate(self, stream: TokenStream, train_ms: float) -> dict[str, torch.Tensor]:
         """GPTQ's Hessians: GPTQ_BATCHES training micro-batches through the final weights on every rank, each matrix's
         input Gram matrix summed over ranks. It reads training data, so its time is training time (reserved by the stop
         rule: GPTQ_RESERVE_SECONDS)."""
@@ -1358,9 +1562,9 @@ class Run:
         t0 = time.perf_counter()
         batches = (stream.batch(self.train_seqs, h.train_seq_len, self.rank, self.world, self.device)
                    for _ in range(h.gptq_batches))
-        self.hessians = collect_hessians(self.model, batches, self.autocast)
+        hessians = collect_hessians(self.model, batches, self.autocast)
         if self.world > 1:
-            for t in self.hessians.values():
+            for t in hessians.values():
                 dist.all_reduce(t)
         self.sync()
         ms = 1000 * (time.perf_counter() - t0)
@@ -1369,6 +1573,8 @@ class Run:
                  f"train_time:{train_ms + ms:.0f}ms")
         if h.max_wallclock_seconds > 0 and ms > 1000 * h.gptq_reserve_seconds:
             self.log(f"warning: calibration took {ms / 1000:.1f}s, more than GPTQ_RESERVE_SECONDS={h.gptq_reserve_seconds}")
+        self.log_peak_memory("calibration")
+        return hessians
 
     def log_peak_memory(self, phase: str) -> None:
         """This rank's peak memory since the last phase (GPU; the CPU's max RSS cannot be reset: since the start)."""
@@ -1380,13 +1586,13 @@ class Run:
             import resource
             self.log(f"peak_memory phase:{phase} maxrss:{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}MiB")
 
-    def export(self, path: str) -> int:
-        """Rank 0 saves the trained weights (final_model.pt) and writes the artifact; every rank returns code + model
-        bytes."""
+    def export(self, path: str, hessians: dict | None) -> int:
+        """Rank 0 saves the trained weights (final_model.pt) and writes the artifact (GPTQ with the calibration's
+        Hessians, or round to nearest without); every rank returns code + model bytes."""
         h, code_bytes = self.h, self.code_bytes
         if self.rank == 0:
             torch.save(self.model.state_dict(), "final_model.pt")
-            write_artifact(self.model, path, h, *self.budget(), self.hessians, self.log)
+            write_artifact(self.model, path, h, *self.budget(), hessians, self.log)
         if self.world > 1:
             dist.barrier()
         model_bytes = os.path.getsize(path)
@@ -1520,15 +1726,16 @@ def main():
     rank, world, local_rank = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
     h, sp, train_files, val_tokens = read_inputs(world)
     run = Run(h, sp, val_tokens, code, rank, world, local_rank)
-    try:
+    try:  # training time: the warm-up is undone; calibration reads training data, so the clock counts it
         if h.warmup_steps > 0:
             run.warm_up(train_files)
-        val_loss, val_bpb = run.train(train_files)
+        stream, train_ms, val_loss, val_bpb = run.train(train_files)
+        hessians = run.calibrate(stream, train_ms) if h.quant_method == "gptq" else None
     except (ValueError, FloatingPointError) as e:
         fail(str(e), run.log)
     run.log(f"pre_quant val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f}")
-    total = run.export("final_model.ptz")
-    run.score("final_model.ptz", val_bpb)
+    total = run.export("final_model.ptz", hessians)  # not timed by the rules: between the two clocks
+    run.score("final_model.ptz", val_bpb)  # the evaluation clock starts where the artifact is read
     run.close()
     if total > SIZE_LIMIT:
         fail(f"artifact is {total} bytes, over the {SIZE_LIMIT}-byte limit", run.log)

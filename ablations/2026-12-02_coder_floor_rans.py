@@ -1,6 +1,7 @@
 """A measuring prototype for issue 22 (not the coder to ship): static per-tensor rANS over all int8 tensors of an
 artifact, N lanes interleaved in lockstep (numpy), 32-bit states, 16-bit renormalization words, frequencies
-normalized to 2^P.
+normalized to 2^P. Written for artifact v2 (one zstd frame per tensor: train_gpt.py up to commit 807d252); the
+script's own coder since (v3) grew from it, and v3 files hold no zstd int8 frames to compare with.
 Checks the round trip and reports bytes (words + final states + tables) and encode/decode times.
     python ablations/2026-12-02_coder_floor_rans.py ARTIFACT [P] [LANES]"""
 import sys

@@ -62,6 +62,20 @@ def test_train_mode_runs_both_models():
     assert "6 * N_matmul" in out["flop_formula"] and "ratio nGPT/standard" in run.stdout
 
 
+def test_switches_mode_times_each_gain_against_the_default():
+    run = bench("--mode", "switches", "--device", "cpu", "--steps", "2", "--warmup", "1", "--batch-tokens", "512",
+                "--loop-blocks", "1-1")
+    assert run.returncode == 0, run.stderr
+    out = last_json(run.stdout)
+    arms = ("default", "loop", "xsa", "smear", "attn_gate", "softcap", "all")
+    assert all(out[a]["ms_median"] > 0 for a in arms) and out["default"]["ratio"] == 1.0
+    assert out["loop"]["ratio"] == pytest.approx(out["loop"]["ms_median"] / out["default"]["ms_median"])
+    assert bench_tool.switch_arms(train_gpt.load_hparams(TINY), "1-1")["all"] == {
+        "LOOP_BLOCKS": "1-1", "XSA_LAST": "2", "SMEAR": "1", "ATTN_GATE": "1", "LOGIT_SOFTCAP": "30"}
+    bad = bench("--mode", "switches", "--device", "cpu", "--loop-blocks", "1-5")
+    assert bad.returncode == 2 and "--loop-blocks" in bad.stderr
+
+
 def test_eval_mode_projects_the_validation_time():
     run = bench("--mode", "eval", "--device", "cpu", "--warmup", "1", "--eval-tokens", "1024", "--gpus", "8")
     assert run.returncode == 0, run.stderr

@@ -42,3 +42,54 @@ def test_standin_and_failures(cpu_runs, tmp_path):
     env = subprocess.run(REQUANT + ["standin", "--log", str(run["log"]), "--model", str(model), "--env", "NOPE=1"],
                          capture_output=True, text=True)
     assert env.returncode == 2 and "NAME=VALUE" in env.stderr
+
+
+def test_lqer_round_trip_and_equal_bytes():
+    """gptq_lqer in process on a tiny random model with anisotropic Hessians: the side frame's factors reload onto
+    exactly the matrices chosen, lower their Hessian-weighted error, leave the rest as plain GPTQ loads them, and the
+    whole artifact, side frame included, lands in the budget window."""
+    import requant
+    import torch
+    import torch.nn.functional as F
+
+    import train_gpt as T
+    h = T.load_hparams({"NUM_LAYERS": "1", "MODEL_DIM": "64", "NUM_HEADS": "2", "NUM_KV_HEADS": "1",
+                        "VOCAB_SIZE": "256", "MLP_MULT": "2"})
+    torch.manual_seed(0)
+    model = T.GPT(h)
+    model.renorm_()
+    hessians = {}
+    for name, p in model.named_parameters():
+        if p.ndim == 2:
+            d = p.size(0) if name.rpartition(".")[2] in T.INPUT_ROWS else p.size(1)
+            x = torch.randn(4 * d, d) * torch.logspace(0, 1, d)
+            hessians.setdefault(T.hessian_name(name), x.T @ x)
+    lam = 0.5
+    tensors = T.quantized_tensors(model, h, lam, hessians)
+    meta = {"method": "gptq", "step": lam, "embed_step": lam * h.embed_step_ratio}
+    base, info = T.pack_artifact(tensors, meta), {}
+    side = requant.lqer_side(model, h, tensors, meta, hessians, 4, 2, info)
+    assert info["bytes"] == len(side) and len(info["names"]) == 2
+    plain = T.dequantize(T.unpack_artifact(base)[0])
+    fixed = T.dequantize(requant.lqer_unpack(base + side)[0])
+    named = dict(model.named_parameters())
+    for name, p in named.items():
+        if p.ndim < 2:
+            continue
+        w = p.detach().float() if name == "emb.weight" else F.normalize(p.detach().float(), dim=-1)
+
+        def energy(W):
+            E = (w - W).double()
+            E = E.T if name.rpartition(".")[2] in T.INPUT_ROWS else E
+            return ((E @ hessians[T.hessian_name(name)].double()) * E).sum().item()
+        if name in info["names"]:
+            assert energy(fixed[name]) < 0.97 * energy(plain[name]), name
+        else:
+            assert torch.equal(fixed[name], plain[name]), name
+    budget = int(0.6 * sum(p.numel() for p in model.parameters()))
+    lo = int(budget * (1 - T.BUDGET_WINDOW))
+    data, what, info = requant.lqer_export(model, h, lo, budget, hessians, 4, 2)
+    assert lo <= len(data) <= budget, what
+    T.unpack_artifact(data[:-info["bytes"]])  # the train_gpt.py artifact, then exactly the side frame
+    assert len(requant.lqer_unpack(data)[0]) == len(T.unpack_artifact(data[:-info["bytes"]])[0])
+    assert T.pack_artifact is not None and T.pack_artifact.__name__ == "pack_artifact"  # unwrapped again

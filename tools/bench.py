@@ -5,6 +5,8 @@ shape, or time nGPT's eval.
   python tools/bench.py --mode eval --gpus 8  # eval: sliding-window tokens/s and the projected time for the val split
   python tools/bench.py --mode ttt            # test-time training: tokens/s, the projected time, and its cost against
                                               # a training step's per token (to carry a GPU's training speed over)
+  python tools/bench.py --mode switches       # the default against each training gain switched on (issue 23):
+                                              # ms/step and the ratio to the default, interleaved
   python tools/bench.py --mode memory         # per-rank peak GPU memory of a training step, an eval batch, a TTT batch
                                               # and GPTQ on --gpus H100s, estimated in seconds on the CPU (fake tensors)
 
@@ -168,6 +170,40 @@ def bench_train(args, h, device) -> dict:
     print(f"MFU formula: {FLOP_FORMULA}; here {flops_per_token:,.0f} flops/token")
     print(f"ratio nGPT/standard ms/step: {out['ratio_ngpt_over_standard']:.3f}; anGPT/standard: "
           f"{out['ratio_angpt_over_standard']:.3f}; anGPT/nGPT: {out['ratio_angpt_over_ngpt']:.3f}")
+    return out
+
+
+def switch_arms(h, loop_blocks: str) -> dict[str, dict[str, str]]:
+    """The settings --mode switches times against the default: each gain of issue 23 alone (the loop as it runs once
+    switched on: its every step costs this), then all of them."""
+    arms = {"default": {}, "loop": {"LOOP_BLOCKS": loop_blocks}, "xsa": {"XSA_LAST": str(h.num_layers)},
+            "smear": {"SMEAR": "1"}, "attn_gate": {"ATTN_GATE": "1"}, "softcap": {"LOGIT_SOFTCAP": "30"}}
+    arms["all"] = {k: v for arm in arms.values() for k, v in arm.items()}
+    return arms
+
+
+def bench_switches(args, h, device) -> dict:
+    """ms/step of train_gpt.GPT with each switch of switch_arms, interleaved in rounds, and each one's ratio to the
+    default (what a switch costs at equal steps: the factor its step count is divided by at equal time)."""
+    cuda, steps = device.type == "cuda", {}
+    for name, env in switch_arms(h, args.loop_blocks).items():
+        hp = train_gpt.load_hparams({**os.environ, **env})
+        train_gpt.check_config(hp, 1)
+        torch.manual_seed(h.seed)
+        model = train_gpt.GPT(hp).to(device)  # looped from the start: what every step after LOOP_FROM costs
+        steps[name] = train_step_fn(model, hp, device, args.batch_tokens, args.compile)
+        for _ in range(args.warmup):
+            steps[name]()
+    times = {name: [] for name in steps}
+    for r in range(args.rounds):
+        n = args.steps // args.rounds + (r < args.steps % args.rounds)
+        for name, step in steps.items():
+            times[name] += timed(step, n, cuda)
+    out, base = {}, float(np.median(times["default"]))
+    for name in steps:
+        q1, med, q3 = np.percentile(times[name], [25, 50, 75])
+        out[name] = dict(ms_median=med, ms_q1=q1, ms_q3=q3, ratio=med / base)
+        print(f"{name:>10}: {med:9.2f} ms/step (IQR {q1:.2f}-{q3:.2f}), x{med / base:.3f} the default")
     return out
 
 
@@ -594,7 +630,7 @@ def check_cuda_autocast(h) -> str:
     (one block, 2 x 16 tokens: no dtype depends on the depth or the batch), with CUDA's own autocast kernels on fake CUDA tensors (no autograd:
     a CPU-only build cannot record it for CUDA tensors) and with CudaAutocast on the CPU. Returns "" when they agree,
     else the first difference."""
-    runs, h = [], SimpleNamespace(**{**vars(h), "num_layers": 1})  # every block is the same
+    runs, h = [], SimpleNamespace(**{**vars(h), "num_layers": 1, "loop_blocks": ""})  # every block is the same
     for device, autocast in (("cuda", RealCudaAutocast), ("cpu", CudaAutocast)):
         with Measuring(), BasicIndexing(), torch.device(device), torch.no_grad():
             model = train_gpt.GPT(h).requires_grad_(False)  # a leaf that requires grad takes a device guard in casts
@@ -698,7 +734,7 @@ def parse_args(argv, h):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=f"MFU: {FLOP_FORMULA}.")
     p.error = lambda message: (print(f"bench.py: error: {message}", file=sys.stderr), sys.exit(2))
     arg = p.add_argument
-    arg("--mode", choices=("train", "eval", "ttt", "memory"), default="train")
+    arg("--mode", choices=("train", "eval", "ttt", "memory", "switches"), default="train")
     arg("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     arg("--compile", type=int, choices=(0, 1), help="torch.compile the models (default: COMPILE on CUDA, 0 on CPU)")
     arg("--steps", type=int, default=50, help="measured training steps per model")
@@ -711,6 +747,7 @@ def parse_args(argv, h):
         "(DDP buckets when > 1, each rank's 1/world share of Muon's momentum)")
     arg("--doc-tokens", type=float, default=VAL_TOKENS / 50_000, help="ttt mode: mean document length (default: the "
         "FineWeb split's, 63,779,840 tokens in 50,000 documents)")
+    arg("--loop-blocks", default="3-5", help="switches mode: the loop arm's LOOP_BLOCKS (default %(default)s, #1344's)")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -733,6 +770,11 @@ def parse_args(argv, h):
     ]:
         if bad:
             p.error(message)
+    if args.mode == "switches":
+        try:
+            train_gpt.block_order(train_gpt.load_hparams({**os.environ, "LOOP_BLOCKS": args.loop_blocks}), True)
+        except ValueError as e:
+            p.error(f"--loop-blocks: {e}")
     return args
 
 
@@ -750,22 +792,23 @@ def main(argv=None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     run = dict(mode=args.mode, hardware=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__,
                compile=args.compile, flash_attn_3=train_gpt.flash_attn_func is not None and cuda, warmup=args.warmup)
-    if args.mode == "train":
+    if args.mode in ("train", "switches"):
         run.update(steps=args.steps, rounds=args.rounds, peak_tflops=args.peak_tflops)
     if args.mode == "memory":  # nothing runs on a device and nothing is timed
         run = dict(mode=args.mode, hardware="none (fake tensors on the CPU)", torch=torch.__version__, target="H100 80GB")
     shape = dict(num_layers=h.num_layers, model_dim=h.model_dim, num_heads=h.num_heads, num_kv_heads=h.num_kv_heads,
                  mlp_mult=h.mlp_mult, vocab_size=h.vocab_size, train_seq_len=h.train_seq_len)
-    if args.mode in ("train", "memory"):
+    if args.mode in ("train", "memory", "switches"):
         shape.update(batch_tokens=args.batch_tokens)
-    if args.mode != "train":
+    if args.mode not in ("train", "switches"):
         shape.update(eval_seq_len=h.eval_seq_len, eval_stride=h.eval_stride, eval_batch_seqs=h.eval_batch_seqs)
     if args.mode == "memory":
         shape.update(world=args.gpus, ttt=h.ttt, ttt_batch_docs=h.ttt_batch_docs, ttt_rank=h.ttt_rank,
                      ttt_targets=h.ttt_targets, norm=h.norm, sphere_opt=h.sphere_opt)
     print(" ".join(f"{k}={v}" for k, v in {**run, **shape}.items()), flush=True)
     try:
-        out = dict(train=bench_train, eval=bench_eval, ttt=bench_ttt, memory=bench_memory)[args.mode](args, h, device)
+        out = dict(train=bench_train, eval=bench_eval, ttt=bench_ttt, memory=bench_memory,
+                   switches=bench_switches)[args.mode](args, h, device)
     except ValueError as e:  # the memory mode's self-check
         if args.mode != "memory":
             raise

@@ -99,6 +99,11 @@ def check_log(log: dict | str | Path, script: str | Path | None = None, ptz: str
                           ("evaluation time", log["eval_time_ms"], max_eval_s)):
         rows.append(_row(rule, finite(ms) and ms <= cap * 1000,
                          "missing" if ms is None else f"{ms / 1000:.3f} s", f"{cap:g} s"))
+    if log.get("train_phase_compiles") is not None:
+        n = log["train_phase_compiles"]
+        rows.append(Row("training compiles", f"{n} graph(s) compiled inside the timed training steps"
+                        + (" (WARMUP_STEPS missed one: its compile time was training time)" if n else ""),
+                        "0 (the warm-up compiles each)", "INFO"))
     if log.get("warmup_time_ms") is not None:
         compiles = log.get("eval_phase_compiles")
         rows.append(Row("evaluation warm-up", f"{log['warmup_time_ms'] / 1000:.3f} s on random tokens before the "

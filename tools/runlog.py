@@ -57,7 +57,7 @@ _FINAL_RE = re.compile(r"^final_((?:[A-Za-z0-9]+_)*)roundtrip(_exact)?\s")
 _HEADER = {"run_id": str, "python": str, "torch": str, "world_size": _int, "grad_accum_steps": _int,
            "code_bytes": _int, "code_bytes_plain": _int, "model_params": _int, "quant_gap_bpb": _num, "eval_phase_time": _num,
            "ttt_warmup_time": _num, "eval_warmup_time": _num, "eval_phase_compiles": _int,
-           "artifact_load_time": _num}
+           "train_phase_compiles": _int, "artifact_load_time": _num}
 # header keys stored under another name (times in ms)
 _RENAMED = {"eval_phase_time": "eval_phase_time_ms", "ttt_warmup_time": "warmup_time_ms", "eval_warmup_time": "warmup_time_ms",
             "artifact_load_time": "artifact_load_time_ms"}
@@ -74,7 +74,8 @@ def parse_log(path: str | Path) -> dict:
     stopping_early, pre_quant, roundtrip_plain, code_bytes_plain (the script's file size; code_bytes is the
     counted size of its self-extracting wrapper), warmup_time_ms (ttt_warmup_time / eval_warmup_time: graphs compiled
     on random tokens before the evaluation clock), eval_phase_compiles (graphs compiled inside it: 0 when the warm-up
-    covered every shape), final_roundtrip {val_loss, val_bpb,
+    covered every shape), train_phase_compiles (graphs compiled inside the timed training steps: 0 when the warm-up
+    compiled both of depth recurrence's graphs), final_roundtrip {val_loss, val_bpb,
     eval_time_ms}, final_exact {val_loss, val_bpb}, quant_gap_bpb, eval_phase_time_ms,
     eval_time_ms (eval_phase_time, else the sum of the eval_time of every final_..._roundtrip line: the plain pass,
     the sliding window if it ran, and with TTT the TTT score),
@@ -97,7 +98,7 @@ def parse_log(path: str | Path) -> dict:
         "steps": None, "train_time_ms": None, "calibration_ms": None, "step_avg_ms": None, "stopping_early": None,
         "pre_quant": None, "roundtrip_plain": None, "final_roundtrip": None, "final_exact": None,
         "quant_gap_bpb": None, "eval_phase_time_ms": None, "warmup_time_ms": None, "eval_phase_compiles": None,
-        "submission_bytes": None,
+        "train_phase_compiles": None, "submission_bytes": None,
         "errors": [], "nonfinite": [], "sliding_score": None, "ttt_score": None, "ttt": None,
         "ttt_docs_unadapted": None, "export_time_ms": None, "artifact_load_time_ms": None, "peak_memory": {},
         "gptq_fallback": [],

@@ -3,21 +3,35 @@
     python tools/size.py final_model.ptz [--script train_gpt.py] [--by kind]
     python tools/size.py final_model.ptz --models [--json floor.json]
 
-Columns: parameters, role (unit: int8 rows renormalized on load, no scale; rows: int8 times an fp16 step per row;
-step: those steps; raw: fp16), the largest |integer| (int8 roles), the order-0 entropy of the values in bits per
-parameter, the tensor's bytes in the file (its zstd frame and the frame's 4-byte length), bytes per parameter, and
-the share of the 16,000,000-byte limit. The totals compare the sum of the tensor frames with the file itself (which
-adds the magic line and the header). With --script, the code bytes are added to the total as the records count
-them (the script's self-extracting wrapper: train_gpt.code_wrapper). Exit 0 when the file loads, 1 with one line when it does not (or the total is over the limit), 2 on bad
-arguments.
+The artifact (format v3: train_gpt.py, above ARTIFACT_MAGIC) is the magic line, then frames, each after its 4-byte
+length: the zstd JSON header; one rANS frame holding every int8 tensor (roles unit, rows) in header order; one zstd
+frame per fp16 tensor (roles step, raw) in header order. Columns: parameters, role (unit: int8 rows renormalized on
+load, no scale; rows: int8 times an fp16 step per row; step: those steps; raw: fp16), the largest |integer| (int8
+roles), the order-0 entropy of the values in bits per parameter, the tensor's bytes in the file, bytes per parameter,
+and the share of the 16,000,000-byte limit.
+  fp16 tensor  its zstd frame and the frame's 4-byte length
+  int8 tensor  its share of the rANS frame: its frequency table (1 + 2(2m+1) bytes, m its max |q|) and a share of
+               the frame's words (the coder's 16-bit output) in proportion to its code length under its own table
+               (the sum over its symbols of RANS_BITS - log2 f(q) bits). The shares are whole bytes that sum to the
+               words' bytes exactly (the cumulative proportions rounded: each share within a byte of its proportional
+               value). The words fall short of the summed code lengths by what the final states hold (a few bits a
+               lane), so a share is its tensor's code length to ~0.1%; --models --json has the exact code lengths.
+What no tensor owns has a row of its own: "rANS states and counts" (the rANS frame's crc 4, lane and word counts 8,
+final states 4 a lane, and its length 4), "header frame" (with its length) and "magic". The tensors and these rows
+add up to the file exactly, with no rounding left over (checked: exit 1 if not). With --script, the code bytes are
+added to the total as the records count them (the script's self-extracting wrapper: train_gpt.code_wrapper). Exit 0
+when the file loads, 1 with one line when it does not (or the total is over the limit), 2 on bad arguments.
 
 --models: the entropy-coding floor of the int8 symbols, per kind of tensor (q, k, v, o, up, down, emb; the fp16
 "raw" gains and "step" entries separately), in bits per value and bytes, under models a coder could use. Each model
-is fitted per tensor; "params" is what its own parameters cost, "total" symbols + params, "saving" is against zstd
-as stored (the frames' bytes, without their 4-byte lengths, which any coder keeps). Axes are the stored ones: "col"
-is axis 1 (the model dim for every block matrix: the input feature of q, k, v, up and of the tied head; the output
-feature of o and down, whose stored rows are their input features), "row" is axis 0.
-  zstd     the frame as stored: its bytes x 8 / values
+is fitted per tensor; "params" is what its own parameters cost, "total" symbols + params, "saving" is against the
+bytes as stored (an int8 tensor's table and words share, as in the table above; an fp16 tensor's zstd frame), all
+without the shared parts (frame lengths, the rANS frame's crc, counts and final states), which any coder keeps. Axes
+are the stored ones: "col" is axis 1 (the model dim for every block matrix: the input feature of q, k, v, up and of
+the tied head; the output feature of o and down, whose stored rows are their input features), "row" is axis 0.
+  stored   the bytes as stored (v3): for int8 its symbols are its share of the rANS words, its params its table
+  zstd     what zstd with train_gpt.ZSTD_PARAMS (and a checksum) makes of the tensor's bytes alone: the v2 format's
+           frame, and still the fp16 tensors' frame (there stored = zstd)
   H0       one histogram per tensor: symbols at its empirical (order-0) entropy; params: the adaptive (KT) code's
            regret over it, what storing the counts compactly costs (alphabet -M..M, M = the tensor's max |q|)
   G0       one discretized Gaussian per tensor (mean 0, one fp16 scale, as Gcol below)
@@ -29,9 +43,12 @@ feature of o and down, whose stored rows are their input features), "row" is axi
            refined by alternating grid searches over the rows' and the columns' scales (each never raising the bits)
   H1row    order 1: the histogram of a value given the previous value in its row (H1col: in its column); KT costs
   best     per tensor, the model with the smallest total
-raw: zstd against the fp16 bits stored plainly and against the high byte coded at its order-0 entropy (KT) plus the
-low byte plain. --json writes every number (per tensor and per kind). About 6 s for a 0.9M-parameter model,
-2.5 minutes at the default shape (36.7M), on one CPU thread.
+raw: the stored zstd frame against the fp16 bits stored plainly and against the high byte coded at its order-0
+entropy (KT) plus the low byte plain. --json writes every number: per tensor stored_bytes and zstd_bytes (int8 also
+table_bytes, words_bytes and code_bits, its exact code length under the stored table), per kind, the rANS frame's
+parts ("rans") and the shared bytes ("shared_bytes": the tensors' stored_bytes, 4 bytes per fp16 frame's length and
+these add up to file_bytes). About 6 s for a 0.9M-parameter model, 2.5 minutes at the default shape (36.7M), on one
+CPU thread.
 """
 from __future__ import annotations
 
@@ -41,10 +58,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import zstandard
 from scipy.special import erfc, gammaln
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from train_gpt import SIZE_LIMIT, artifact_frames, code_wrapper, unpack_artifact  # noqa: E402
+from train_gpt import (ARTIFACT_MAGIC, RANS_BITS, SIZE_LIMIT, ZSTD_PARAMS, artifact_frames, code_wrapper,  # noqa: E402
+                       unpack_artifact)
+
+INT8_ROLES = ("unit", "rows")
 
 
 def entropy_bits(a: np.ndarray) -> float:
@@ -59,13 +80,60 @@ def kind_of(name: str) -> str:
     return name.split(".", 2)[2] if name.startswith("blocks.") else name
 
 
-def rows(tensors: list, frames: list[bytes], by_kind: bool) -> list[dict]:
-    """One row per tensor (its bytes: its frame in the file and the frame's 4-byte length), or per kind."""
+def split_bytes(total: int, weights: list[float]) -> list[int]:
+    """total split into whole shares in proportion to weights (equal shares when they are all 0): the cumulative
+    proportions rounded, so the shares sum to total exactly and each is within a byte of its proportional value."""
+    w = np.asarray(weights, np.float64)
+    if not w.size:
+        return []
+    if w.sum() <= 0:
+        w = np.ones_like(w)
+    ends = np.round(total * np.cumsum(w) / w.sum()).astype(np.int64)
+    ends[-1] = total
+    return np.diff(ends, prepend=0).tolist()
+
+
+def stored_parts(tensors: list, frames: list[bytes]) -> tuple[list[dict], dict, dict]:
+    """What each tensor (header order) holds of the file, without frame lengths: {"stored_bytes"}, for int8 also
+    "table_bytes" (its frequency table as stored in the rANS frame), "code_bits" (its code length under that table)
+    and "words_bytes" (its share of the frame's words: split_bytes by code_bits); the rANS frame's parts; and the
+    shared bytes {row: bytes} that, with the stored bytes and 4 per fp16 frame, add up to the file."""
+    ints = [a for _, _, a in tensors if a.dtype == np.int8]
+    fp16 = [a for _, _, a in tensors if a.dtype != np.int8]
+    if len(frames) != 2 + len(fp16):
+        raise ValueError(f"{len(frames)} frames for {len(ints)} int8 and {len(fp16)} fp16 tensors (v3: header, rANS, fp16)")
+    body = memoryview(frames[1])[4:]
+    lanes, n_words = (int(v) for v in np.frombuffer(body[:8], "<u4"))
+    at, coded = 8, []
+    for a in ints:  # the tables as stored (rans_encode writes rans_table(a): max |q|, then 2m+1 uint16 frequencies)
+        m = body[at]
+        f = np.frombuffer(body[at + 1:at + 3 + 4 * m], "<u2").astype(np.float64)
+        at += 3 + 4 * m
+        bits = float((RANS_BITS - np.log2(f[a.ravel().astype(np.int64) + m])).sum()) if a.size else 0.0
+        coded.append({"table_bytes": 3 + 4 * m, "code_bits": bits})
+    if at + 4 * lanes + 2 * n_words != len(body):
+        raise ValueError("the rANS frame's length does not fit its tables, lanes and words")
+    for c, share in zip(coded, split_bytes(2 * n_words, [c["code_bits"] for c in coded])):
+        c["words_bytes"] = share
+        c["stored_bytes"] = c["table_bytes"] + share
+    coded_it, fp16_frames = iter(coded), iter(frames[2:])
+    per = [next(coded_it) if a.dtype == np.int8 else {"stored_bytes": len(next(fp16_frames))} for _, _, a in tensors]
+    rans = {"lanes": lanes, "words_bytes": 2 * n_words, "states_bytes": 4 * lanes,
+            "tables_bytes": sum(c["table_bytes"] for c in coded), "fixed_bytes": 4 + 8 + 4 * lanes + 4}
+    shared = {"rANS states and counts": rans["fixed_bytes"], "header frame": 4 + len(frames[0]),
+              "magic": len(ARTIFACT_MAGIC)}
+    return per, rans, shared
+
+
+def rows(tensors: list, parts: list[dict], by_kind: bool) -> list[dict]:
+    """One row per tensor (its bytes: an int8 tensor's table and words share in the rANS frame, an fp16 tensor's
+    zstd frame and the frame's 4-byte length), or per kind."""
     out = []
-    for (name, role, a), frame in zip(tensors, frames[1:]):
+    for (name, role, a), part in zip(tensors, parts):
         out.append({"name": f"{name} ({role})" if role == "step" else name, "role": role, "params": a.size,
-                    "max_int": int(np.abs(a).max()) if role in ("unit", "rows") and a.size else None,
-                    "entropy": entropy_bits(a) if a.size > 1 else 0.0, "bytes": 4 + len(frame), "values": a})
+                    "max_int": int(np.abs(a).max()) if role in INT8_ROLES and a.size else None,
+                    "entropy": entropy_bits(a) if a.size > 1 else 0.0,
+                    "bytes": part["stored_bytes"] + (0 if a.dtype == np.int8 else 4), "values": a})
     if not by_kind:
         return out
     groups = defaultdict(list)
@@ -205,15 +273,16 @@ def raw_floor(a: np.ndarray) -> tuple[float, float]:
     return emp + 8.0 * hi.size, kt_bits(counts, 256) - emp
 
 
-def floor_report(tensors: list, frames: list[bytes]) -> dict:
-    """Per tensor and per kind: values, zstd bytes, and each model's symbol and parameter bits (int8 roles), or the
-    fp16 floor (raw, step)."""
+def floor_report(tensors: list, parts: list[dict], rans: dict, shared: dict, header_bytes: int) -> dict:
+    """Per tensor and per kind: values, the bytes as stored and as zstd alone, and each model's symbol and parameter
+    bits (int8 roles), or the fp16 floor (raw, step)."""
+    zstd = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters(write_checksum=1, **ZSTD_PARAMS))
     per_tensor, kinds = [], {}
-    for (name, role, arr), frame in zip(tensors, frames[1:]):
+    for (name, role, arr), part in zip(tensors, parts):
         kind = kind_of(name).removesuffix(".weight") + (" (step)" if role == "step" else "")
-        row = {"name": name, "kind": kind, "role": role, "shape": list(arr.shape), "values": int(arr.size),
-               "zstd_bytes": len(frame)}
-        if role in ("unit", "rows"):
+        row = {"name": name, "kind": kind, "role": role, "shape": list(arr.shape), "values": int(arr.size), **part,
+               "zstd_bytes": len(zstd.compress(np.ascontiguousarray(arr).tobytes()))}
+        if role in INT8_ROLES:
             row["max_int"] = int(np.abs(arr).max())
             floor = coder_floor(arr)
             row["models"] = {mname: {"symbol_bits": b, "param_bits": pb} for mname, (b, pb) in floor.items()}
@@ -224,10 +293,11 @@ def floor_report(tensors: list, frames: list[bytes]) -> dict:
             row["fp16_bits"] = 16.0 * arr.size
             row["hi_byte_bits"], row["hi_byte_param_bits"] = bits, pbits
         per_tensor.append(row)
-        g = kinds.setdefault(kind, {"role": role, "tensors": 0, "values": 0, "zstd_bytes": 0})
+        g = kinds.setdefault(kind, {"role": role, "tensors": 0, "values": 0, "stored_bytes": 0, "zstd_bytes": 0})
         g["tensors"] += 1
-        g["values"] += row["values"]
-        g["zstd_bytes"] += row["zstd_bytes"]
+        for key in ("values", "stored_bytes", "zstd_bytes", "table_bytes", "words_bytes", "code_bits"):
+            if key in row:
+                g[key] = g.get(key, 0) + row[key]
         if "models" in row:
             ms = g.setdefault("models", {})
             for mname, v in row["models"].items():
@@ -237,73 +307,86 @@ def floor_report(tensors: list, frames: list[bytes]) -> dict:
         else:
             for key in ("fp16_bits", "hi_byte_bits", "hi_byte_param_bits"):
                 g[key] = g.get(key, 0.0) + row[key]
-    return {"tensors": per_tensor, "kinds": kinds, "header_bytes": len(frames[0])}
+    return {"tensors": per_tensor, "kinds": kinds, "header_bytes": header_bytes, "rans": rans, "shared_bytes": shared}
+
+
+REFS = ("stored", "zstd")  # the reference columns of the --models tables, before the models
 
 
 def floor_tables(rep: dict) -> str:
     """The --models report as markdown tables."""
     ints = {kd: g for kd, g in rep["kinds"].items() if "models" in g}
     names = MODELS + ("best",)
-    total = {"values": sum(g["values"] for g in ints.values()), "zstd_bytes": sum(g["zstd_bytes"] for g in ints.values()),
-             "models": {mn: {key: sum(g["models"][mn][key] for g in ints.values()) for key in ("symbol_bits", "param_bits")}
-                        for mn in names}}
+    total = {key: sum(g[key] for g in ints.values()) for key in ("values", "stored_bytes", "zstd_bytes", "table_bytes")}
+    total["models"] = {mn: {key: sum(g["models"][mn][key] for g in ints.values()) for key in ("symbol_bits", "param_bits")}
+                       for mn in names}
     rows = list(ints.items()) + [("all int8", total)]
 
-    def tab(title: str, cell, extra=None) -> list[str]:
-        cols = ["kind", "values", "zstd"] + list(names)
+    def tab(title: str, cell) -> list[str]:
+        cols = ["kind", "values"] + list(REFS) + list(names)
         lines = [f"{title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for kd, g in rows:
-            lines.append(f"| {kd} | {g['values']:,} | {cell(g, None)} | " + " | ".join(cell(g, mn) for mn in names) + " |")
+            lines.append(f"| {kd} | {g['values']:,} | " + " | ".join(cell(g, col) for col in REFS + names) + " |")
         return lines + [""]
 
-    def bits_sym(g, mn):
-        return f"{g['zstd_bytes'] * 8 / g['values']:.3f}" if mn is None else f"{g['models'][mn]['symbol_bits'] / g['values']:.3f}"
+    def total_bytes(g, col) -> float:
+        return g[f"{col}_bytes"] if col in REFS else sum(g["models"][col].values()) / 8
 
-    def param_bytes(g, mn):
-        return "-" if mn is None else f"{g['models'][mn]['param_bits'] / 8:,.0f}"
+    def bits_sym(g, col):
+        if col in REFS:  # stored: the words' share (its table is its parameters); zstd: the whole frame
+            return f"{(g['stored_bytes'] - g['table_bytes'] if col == 'stored' else g['zstd_bytes']) * 8 / g['values']:.3f}"
+        return f"{g['models'][col]['symbol_bits'] / g['values']:.3f}"
 
-    def bits_total(g, mn):
-        return bits_sym(g, None) if mn is None else f"{sum(g['models'][mn].values()) / g['values']:.3f}"
+    def param_bytes(g, col):
+        return f"{g['table_bytes']:,}" if col == "stored" else "-" if col == "zstd" else f"{g['models'][col]['param_bits'] / 8:,.0f}"
 
-    def bytes_total(g, mn):
-        return f"{g['zstd_bytes']:,}" if mn is None else f"{sum(g['models'][mn].values()) / 8:,.0f}"
+    def bits_total(g, col):
+        return f"{total_bytes(g, col) * 8 / g['values']:.3f}"
 
-    def saving(g, mn):
-        if mn is None:
+    def bytes_total(g, col):
+        return f"{total_bytes(g, col):,.0f}"
+
+    def saving(g, col):
+        if col == "stored":
             return "0"
-        sv = g["zstd_bytes"] - sum(g["models"][mn].values()) / 8
-        return f"{sv:+,.0f} ({sv / g['zstd_bytes']:+.2%})"
+        sv = g["stored_bytes"] - total_bytes(g, col)
+        return f"{sv:+,.0f} ({sv / g['stored_bytes']:+.2%})"
 
-    lines = tab("bits per value, symbols only (before parameter costs)", bits_sym)
-    lines += tab("bytes of each model's own parameters", param_bytes)
+    lines = tab("bits per value, symbols only (before parameter costs; stored: the rANS words' share)", bits_sym)
+    lines += tab("bytes of each model's own parameters (stored: the rANS tables)", param_bytes)
     lines += tab("bits per value, total (symbols + parameters)", bits_total)
     lines += tab("bytes, total (symbols + parameters)", bytes_total)
-    lines += tab("saving against zstd as stored (bytes, and as a fraction of the kind's zstd bytes)", saving)
+    lines += tab("saving against the bytes as stored (rANS: tables + words share; bytes, and as a fraction of the "
+                 "kind's stored bytes)", saving)
     best = {}
     for t in rep["tensors"]:
         if "models" in t:
             best[t["models"]["best"]["model"]] = best.get(t["models"]["best"]["model"], 0) + 1
-    sv = total["zstd_bytes"] - sum(total["models"]["best"].values()) / 8
+    sv = total["stored_bytes"] - sum(total["models"]["best"].values()) / 8
+    zs = total["stored_bytes"] - total["zstd_bytes"]
     lines += [f"best model per tensor: {', '.join(f'{mn} x{n}' for mn, n in sorted(best.items()))}; all int8 together: "
-              f"{sv:+,.0f} bytes against zstd ({sv / SIZE_LIMIT:.3%} of {SIZE_LIMIT:,})", ""]
+              f"{sv:+,.0f} bytes against stored ({sv / SIZE_LIMIT:.3%} of {SIZE_LIMIT:,}); zstd alone (v2): {zs:+,.0f}", ""]
     other = [(kd, g) for kd, g in rep["kinds"].items() if "models" not in g]
-    lines += ["fp16 entries (raw, step): zstd as stored, plain fp16, and the high byte at its order-0 entropy (KT) + "
-              "the low byte plain", "",
-              "| kind | role | values | zstd bytes | zstd bits/value | fp16 bytes | hi-byte coder bytes | bits/value | saving vs zstd |",
+    lines += ["fp16 entries (raw, step): stored (their zstd frames), plain fp16, and the high byte at its order-0 "
+              "entropy (KT) + the low byte plain", "",
+              "| kind | role | values | stored bytes | stored bits/value | fp16 bytes | hi-byte coder bytes | bits/value | saving vs stored |",
               "|---|---|---|---|---|---|---|---|---|"]
     for kd, g in other:
         hb = (g["hi_byte_bits"] + g["hi_byte_param_bits"]) / 8
-        lines.append(f"| {kd} | {g['role']} | {g['values']:,} | {g['zstd_bytes']:,} | {g['zstd_bytes'] * 8 / g['values']:.3f} | "
-                     f"{g['fp16_bits'] / 8:,.0f} | {hb:,.0f} | {hb * 8 / g['values']:.3f} | {g['zstd_bytes'] - hb:+,.0f} |")
-    z = sum(g["zstd_bytes"] for _, g in other)
+        lines.append(f"| {kd} | {g['role']} | {g['values']:,} | {g['stored_bytes']:,} | {g['stored_bytes'] * 8 / g['values']:.3f} | "
+                     f"{g['fp16_bits'] / 8:,.0f} | {hb:,.0f} | {hb * 8 / g['values']:.3f} | {g['stored_bytes'] - hb:+,.0f} |")
+    z = sum(g["stored_bytes"] for _, g in other)
     hb = sum((g["hi_byte_bits"] + g["hi_byte_param_bits"]) / 8 for _, g in other)
+    r = rep["rans"]
     lines += [f"| all fp16 | | {sum(g['values'] for _, g in other):,} | {z:,} | | {sum(g['fp16_bits'] for _, g in other) / 8:,.0f} | "
               f"{hb:,.0f} | | {z - hb:+,.0f} |", "",
-              f"header frame: {rep['header_bytes']:,} bytes; frame lengths: 4 bytes x {len(rep['tensors']) + 1}"]
+              f"header frame: {rep['header_bytes']:,} bytes; rANS frame: {r['tables_bytes']:,} bytes of tables, "
+              f"{r['words_bytes']:,} of words, {r['states_bytes']:,} of final states ({r['lanes']} lanes), 12 of crc and "
+              f"counts; frame lengths: 4 bytes x {sum('models' not in t for t in rep['tensors']) + 2}"]
     return "\n".join(lines)
 
 
-def table(rs: list[dict], file_bytes: int, code_bytes: int | None, meta: dict) -> str:
+def table(rs: list[dict], shared: dict, lanes: int, file_bytes: int, code_bytes: int | None, meta: dict) -> str:
     head = f"{'tensor':<28} {'role':<5} {'params':>10} {'max|q|':>6} {'H bits':>6} {'bytes':>10} {'B/param':>7} {'share':>6}"
     lines = [f"quantized by: {meta}" if meta else "quantized by: (not recorded)", head, "-" * len(head)]
     for r in rs:
@@ -311,9 +394,16 @@ def table(rs: list[dict], file_bytes: int, code_bytes: int | None, meta: dict) -
                      f"{r['entropy']:>6.3f} {r['bytes']:>10,} {r['bytes'] / max(r['params'], 1):>7.4f} "
                      f"{r['bytes'] / SIZE_LIMIT:>6.2%}")
     params, alone = sum(r["params"] for r in rs), sum(r["bytes"] for r in rs)
+    notes = {"rANS states and counts": f"crc 4, counts 8, {lanes} lanes' final states x 4, frame length 4",
+             "header frame": "zstd JSON, with its length 4", "magic": ARTIFACT_MAGIC.decode().strip()}
     lines += ["-" * len(head),
-              f"{'tensor frames':<34} {params:>10,} {'':>6} {'':>6} {alone:>10,} {alone / params:>7.4f} {alone / SIZE_LIMIT:>6.2%}",
-              f"{'the file':<34} {params:>10,} {'':>6} {'':>6} {file_bytes:>10,} {file_bytes / params:>7.4f} {file_bytes / SIZE_LIMIT:>6.2%}"]
+              f"{'tensors':<34} {params:>10,} {'':>6} {'':>6} {alone:>10,} {alone / params:>7.4f} {alone / SIZE_LIMIT:>6.2%}"
+              "   (int8: rANS table + words share; fp16: zstd frame + length)"]
+    lines += [f"{name:<34} {'':>10} {'':>6} {'':>6} {n:>10,} {'':>7} {n / SIZE_LIMIT:>6.2%}   ({notes[name]})"
+              for name, n in shared.items()]
+    lines += ["-" * len(head),
+              f"{'the file':<34} {params:>10,} {'':>6} {'':>6} {file_bytes:>10,} {file_bytes / params:>7.4f} {file_bytes / SIZE_LIMIT:>6.2%}"
+              "   (the rows above, exactly)"]
     if code_bytes is not None:
         total = code_bytes + file_bytes
         lines.append(f"{'code + file (the artifact)':<34} {'':>10} {'':>6} {'':>6} {total:>10,} {'':>7} {total / SIZE_LIMIT:>6.2%}"
@@ -340,11 +430,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tensors, meta = unpack_artifact(data)
         frames = artifact_frames(data)
+        parts, rans, shared = stored_parts(tensors, frames)
     except Exception as e:
         print(f"size.py: {args.artifact} is not a loadable artifact ({type(e).__name__}: {e})", file=sys.stderr)
         return 1
+    counted = sum(pt["stored_bytes"] for pt in parts) + 4 * (len(frames) - 2) + sum(shared.values())
+    if counted != len(data):  # the accounting is exact: anything else is a format this tool does not know
+        print(f"size.py: the rows add up to {counted:,} bytes but {args.artifact} has {len(data):,} (a format size.py "
+              f"does not know?)", file=sys.stderr)
+        return 1
     if args.models:
-        rep = floor_report(tensors, frames)
+        rep = floor_report(tensors, parts, rans, shared, len(frames[0]))
         print(f"quantized by: {meta}" if meta else "quantized by: (not recorded)")
         print(floor_tables(rep))
         if args.json:
@@ -352,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             rep = {"artifact": str(args.artifact), "file_bytes": len(data), "meta": meta, "eps": EPS, **rep}
             args.json.write_text(json.dumps(rep, indent=1) + "\n", encoding="utf-8")
         return 0
-    print(table(rows(tensors, frames, args.by == "kind"), len(data), code_bytes, meta))
+    print(table(rows(tensors, parts, args.by == "kind"), shared, rans["lanes"], len(data), code_bytes, meta))
     if code_bytes is not None and code_bytes + len(data) > SIZE_LIMIT:
         print(f"size.py: code + file = {code_bytes + len(data):,} bytes, over the {SIZE_LIMIT:,}-byte limit", file=sys.stderr)
         return 1
