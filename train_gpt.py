@@ -50,7 +50,7 @@ HPARAMS = dict(  # every one an environment variable of the same name; the READM
     # schedule
     ITERATIONS=20000,  # most training steps
     WARMUP_STEPS=20,  # compile warm-up steps, undone before the timed training
-    LR_WARMUP_STEPS=0,  # learning rates rise linearly from 1/LR_WARMUP_STEPS to 1 over the first this-many steps
+    LR_WARMUP_STEPS=20,  # learning rates rise linearly to 1 over the first this-many steps (the first step's spike)
     WARMDOWN_ITERS=4000,  # learning rates fall linearly to MIN_LR over the last this-many steps (from the clock when capped)
     MIN_LR=0.0,  # the warm-down's floor, a fraction of each base learning rate (#1787, #1855: 0.1)
     MAX_WALLCLOCK_SECONDS=600.0,  # training time cap, calibration included (0: none)
@@ -72,13 +72,8 @@ HPARAMS = dict(  # every one an environment variable of the same name; the READM
     LEAKY_SLOPE=0.5,  # MLP activation leaky_relu(x, LEAKY_SLOPE)^2 (0: relu^2)
     ALPHA_INIT=0.05,  # initial eigen learning rate of each block update
     NORM="exact",  # exact: nGPT's normalizations; approx: anGPT's constant factors, rows kept at norm <= 1
-    LOOP_BLOCKS="",  # depth recurrence: blocks "A-B" (inclusive, from 0) run LOOP_RUNS times in a row ("": off) (#1344)
-    LOOP_RUNS=3,  # how many times the looped blocks run (the artifact stores them once)
-    LOOP_FROM=0.35,  # the loop switches on past this fraction of training (steps, or the clock when capped)
-    XSA_LAST=0,  # XSA on the last this-many blocks: attention output minus its part along the own value (#478)
-    SMEAR=0,  # 1: SmearGate, a gated share of the previous token's embedding, never across a BOS (#1667, #1855)
+    SMEAR=1,  # SmearGate: a gated share of the previous token's embedding, never across a BOS (#1667, #1855; 0: off)
     ATTN_GATE=0,  # 1: per-head sigmoid gate on the attention output from 12 input dims, transparent at init (#1787)
-    LOGIT_SOFTCAP=0.0,  # > 0: logits = LOGIT_SOFTCAP tanh(logits / LOGIT_SOFTCAP)
     # optimizer
     MATRIX_LR=0.04,  # Muon (block matrices)
     SCALAR_LR=0.01,  # Adam (eigen learning rates, gains, logit scale)
@@ -142,22 +137,6 @@ def load_hparams(environ=os.environ) -> SimpleNamespace:
     return h
 
 
-def block_order(h, looped: bool) -> tuple[int, ...]:
-    """The blocks a forward runs, in order: each once, or with LOOP_BLOCKS "A-B" and looped, A..B LOOP_RUNS times in
-    a row (0..A-1, then A..B, A..B, ..., then B+1..). Raises ValueError on a malformed or out-of-range LOOP_BLOCKS."""
-    order = tuple(range(h.num_layers))
-    if not h.loop_blocks:
-        return order
-    try:
-        a, b = (int(v) for v in h.loop_blocks.split("-"))
-    except ValueError:
-        raise ValueError(f"LOOP_BLOCKS={h.loop_blocks!r} must be 'A-B' (block indices, e.g. 3-5)") from None
-    if not 0 <= a <= b < h.num_layers or h.loop_runs < 1:
-        raise ValueError(f"LOOP_BLOCKS={h.loop_blocks!r} must lie in 0..NUM_LAYERS-1={h.num_layers - 1} (A <= B), "
-                         f"LOOP_RUNS={h.loop_runs} >= 1")
-    return order[:a] + order[a:b + 1] * (h.loop_runs if looped else 1) + order[b + 1:]
-
-
 def check_config(h, world: int) -> None:
     """Reject impossible settings before any work, identically on every rank."""
     hd = h.model_dim // max(h.num_heads, 1)
@@ -183,9 +162,7 @@ def check_config(h, world: int) -> None:
          f"NORM={h.norm!r} must be 'exact' or 'approx' (approx with SPHERE_OPT=retract)"),
         (h.muon_wd < 0, f"MUON_WD={h.muon_wd} must be >= 0"),
         (not 0 <= h.min_lr <= 1, f"MIN_LR={h.min_lr} must be in [0, 1]"),
-        (h.lr_warmup_steps < 0 or h.logit_softcap < 0, "LR_WARMUP_STEPS and LOGIT_SOFTCAP must be >= 0"),
-        (not 0 <= h.loop_from <= 1, f"LOOP_FROM={h.loop_from} must be in [0, 1]"),
-        (not 0 <= h.xsa_last <= h.num_layers, f"XSA_LAST={h.xsa_last} must be in 0..NUM_LAYERS={h.num_layers}"),
+        (h.lr_warmup_steps < 0, f"LR_WARMUP_STEPS={h.lr_warmup_steps} must be >= 0"),
         (not {h.smear, h.attn_gate} <= {0, 1} or (h.smear or h.attn_gate) and h.model_dim < GATE_DIMS,
          f"SMEAR={h.smear} and ATTN_GATE={h.attn_gate} must each be 0 or 1 (when on: MODEL_DIM >= {GATE_DIMS})"),
         (not 0 <= h.leaky_slope < 1, f"LEAKY_SLOPE={h.leaky_slope} must be in [0, 1)"),
@@ -202,7 +179,6 @@ def check_config(h, world: int) -> None:
     for bad, message in problems:
         if bad:
             raise ValueError(message)
-    block_order(h, True)
 
 # ------------------------------ optimizer
 
@@ -603,7 +579,6 @@ class Block(nn.Module):
         self.q_gain = nn.Parameter(torch.full((d,), h.qk_gain_init * d ** -0.5))  # logits QK_GAIN_INIT sqrt(hd) cos
         self.mlp_gain = nn.Parameter(torch.ones(hidden))
         self.leaky_slope, self.wn = h.leaky_slope, h.sphere_opt == "wn"
-        self.xsa = index >= h.num_layers - h.xsa_last
         # the attention gate's (heads, GATE_DIMS) weights, stored flat: a gain (fp16 in the artifact), not a matrix
         self.attn_gate = nn.Parameter(torch.zeros(self.heads * GATE_DIMS)) if h.attn_gate else None
         # NORM=approx (anGPT): a sublayer output's exact normalization becomes the constant that brings its expected
@@ -653,9 +628,6 @@ class Block(nn.Module):
         q = unit(rope(q, cos, sin)) * (self.q_gain * self.scale).to(q.dtype).view(self.heads, self.head_dim)
         k = unit(rope(k, cos, sin))
         y = attention(q, k, v, self.head_dim ** 0.5)
-        if self.xsa:  # XSA: drop each head's component along its own position's (unit) value
-            vn = unit(v).repeat_interleave(self.heads // self.kv_heads, dim=2)
-            y = y - (y * vn).sum(-1, keepdim=True) * vn
         if self.attn_gate is not None:  # 2 sigmoid(0) = 1 at init; the block input scaled to unit RMS
             z = (x[..., :GATE_DIMS] * self.scale) @ self.attn_gate.view(self.heads, GATE_DIMS).to(x.dtype).T
             y = y * (2 * torch.sigmoid(z))[..., None].to(y.dtype)
@@ -671,11 +643,7 @@ class GPT(nn.Module):
         nn.init.normal_(self.emb.weight, std=h.embed_init_std)
         self.blocks = nn.ModuleList(Block(h, i) for i in range(h.num_layers))
         self.hessians, self.approx = None, h.norm == "approx"
-        # depth recurrence: the trained model's forward is the looped one; training starts unlooped (Run.train).
-        # A plain attribute: torch.compile guards on it, so each value is its own graph, both compiled in the warm-up
-        self.orders = {False: block_order(h, False), True: block_order(h, True)}
-        self.looped = bool(h.loop_blocks)
-        self.bos, self.softcap = h.bos_id, h.logit_softcap
+        self.bos = h.bos_id
         if h.smear:  # zero weight: transparent at init
             self.smear_gate = nn.Parameter(torch.zeros(GATE_DIMS))
             self.smear_weight = nn.Parameter(torch.zeros(()))
@@ -717,8 +685,8 @@ class GPT(nn.Module):
     def forward(self, idx, targets, reduction: str = "mean", lora: dict | None = None):
         T = idx.size(1)
         x = self.embed(idx)
-        for i in self.orders[self.looped]:
-            x = self.blocks[i](x, self.cos[:T], self.sin[:T], lora)
+        for block in self.blocks:
+            x = block(x, self.cos[:T], self.sin[:T], lora)
         if self.hessians is not None:
             note_input(self.hessians, "emb.weight", x)
         logits = F.linear(x, self.emb.weight)
@@ -726,8 +694,6 @@ class GPT(nn.Module):
             a, b = lora["emb.weight"]
             logits = logits + (x @ a.transpose(1, 2)) @ b.transpose(1, 2)
         logits = logits.float() * (self.logit_scale * self.logit_init)
-        if self.softcap > 0:
-            logits = self.softcap * torch.tanh(logits / self.softcap)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
         return loss if reduction == "mean" else loss.view_as(targets)
 
@@ -1468,19 +1434,12 @@ class Run:
             left = min(1.0, max(cap_ms - elapsed_ms, 0.0) / max(h.warmdown_iters * elapsed_ms / max(step, 1), 1e-9))
         return warm * (h.min_lr + (1 - h.min_lr) * left)
 
-    def looped(self, step: int, elapsed_ms: float) -> bool:
-        """Whether this step runs the loop (LOOP_BLOCKS): past LOOP_FROM of ITERATIONS, or of the clock when capped."""
-        h = self.h
-        done = elapsed_ms / self.cap_ms if self.cap_ms > 0 else step / h.iterations
-        return bool(h.loop_blocks) and done >= h.loop_from
-
     def warm_up(self, train_files: list[str]) -> None:
         """Compile and warm up on WARMUP_STEPS steps, then restore the initial weights and optimizer state."""
         h, model = self.h, self.model
         initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in self.optimizers]
         stream = TokenStream(train_files, h.vocab_size, pin=self.cuda)
-        for step in range(h.warmup_steps):  # with LOOP_BLOCKS, the second half looped: both graphs compile here
-            model.looped = bool(h.loop_blocks) and 2 * step >= h.warmup_steps
+        for step in range(h.warmup_steps):
             self.train_step(stream, step, 1.0)
         model.load_state_dict(initial[0])
         for opt, state in zip(self.optimizers, initial[1]):
@@ -1494,14 +1453,10 @@ class Run:
         stream = TokenStream(train_files, h.vocab_size, pin=self.cuda)
         cap_ms = self.cap_ms
         train_ms, elapsed, step, stop, compiles = 0.0, 0.0, 0, False, 0
-        self.model.looped = self.looped(0, 0.0)
         self.sync()
         t0 = time.perf_counter()
         while True:
             last = step == h.iterations or stop
-            if last and h.loop_blocks and not self.model.looped:  # the trained model's forward is the looped one
-                self.log(f"warning: training ended before LOOP_FROM={h.loop_from}: the loop never ran in training")
-                self.model.looped = True
             if last or (h.val_loss_every > 0 and step > 0 and step % h.val_loss_every == 0):
                 self.sync()
                 train_ms += 1000 * (time.perf_counter() - t0)
@@ -1515,10 +1470,6 @@ class Run:
                          "warm-up missed one)" if compiles else ""))
                 self.log_peak_memory("train")
                 return stream, train_ms, val_loss, val_bpb
-            if self.looped(step, elapsed) != self.model.looped:
-                self.model.looped = True
-                self.log(f"loop: on from step {step} (blocks {h.loop_blocks} x{h.loop_runs}: "
-                         f"{len(self.model.orders[True])} block runs a forward)")
             graphs = compiled_graphs()
             loss = self.train_step(stream, step, self.lr_mul(step, elapsed))
             compiles += compiled_graphs() - graphs

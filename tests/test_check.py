@@ -20,7 +20,7 @@ def test_clean_logs_pass(cpu_runs):
         assert violations(rows) == [], rows
         assert {row.rule for row in rows} == {
             "artifact bytes", "code counting", "bytes match log", "training time", "evaluation time",
-            "evaluation warm-up", "final score",
+            "training compiles", "evaluation warm-up", "final score",
             "source matches script", "finite losses", "no error line", "8x H100"}
 
 

@@ -135,6 +135,7 @@ def test_compiled_matches_eager_under_autocast():
     model = GPT(h)
     with torch.no_grad():
         model.emb.weight.normal_(0, 0.5)
+        model.smear_weight.fill_(0.5)  # the SmearGate open (at init its gate's gradient is exactly 0)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randint(0, 512, (4, 64), generator=g), torch.randint(0, 512, (4, 64), generator=g)
 
@@ -192,7 +193,8 @@ def test_whole_pipeline_under_gpu_numerics_on_two_ranks(tmp_path, tiny_run_env):
     """The script as a GPU runs it, on 2 CPU ranks: bf16 autocast and torch.compile (aot_eager: Inductor's C++
     builds would take minutes here) through training, calibration, GPTQ export, reload, scoring and TTT; then
     tools/check.py passes. Before the Hessians were fp32 this died in GPTQ's Cholesky after training (rank 0 raised,
-    rank 1 hung in the barrier)."""
+    rank 1 hung in the barrier). With SMEAR (the default) and ATTN_GATE on: no graph compiles inside the timed training
+    either, and the gates reach the artifact as fp16 gains, not matrices."""
     import shutil
     import subprocess
     import sys
@@ -200,7 +202,8 @@ def test_whole_pipeline_under_gpu_numerics_on_two_ranks(tmp_path, tiny_run_env):
     root = Path(__file__).resolve().parents[1]
     script = shutil.copy(root / "train_gpt.py", tmp_path / "train_gpt.py")
     env = {**tiny_run_env, "GPU_NUMERICS": "1", "COMPILE_BACKEND": "aot_eager", "ITERATIONS": "20",
-           "VAL_LOSS_EVERY": "10", "RUN_ID": "gpu_numerics", "MLP_MULT": "4.25", "TTT_BATCH_DOCS": "4"}
+           "VAL_LOSS_EVERY": "10", "RUN_ID": "gpu_numerics", "MLP_MULT": "4.25", "TTT_BATCH_DOCS": "4",
+           "SMEAR": "1", "ATTN_GATE": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "train_gpt.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -211,7 +214,11 @@ def test_whole_pipeline_under_gpu_numerics_on_two_ranks(tmp_path, tiny_run_env):
     assert re.findall(r"(?m)^peak_memory phase:(\w+) ", body) == ["train", "calibration", "eval", "ttt"]
     assert body.index("ttt_warmup_time:") < body.index("artifact_load_time:")
     # every graph compiled before the evaluation clock (the warm-up ran each shape on random tokens)
-    assert re.search(r"(?m)^eval_phase_compiles:0$", body)
+    assert re.search(r"(?m)^eval_phase_compiles:0$", body) and re.search(r"(?m)^train_phase_compiles:0$", body)
+    tensors, _ = train_gpt.unpack_artifact((tmp_path / "final_model.ptz").read_bytes())
+    roles = {n: r for n, r, _ in tensors}
+    assert roles["smear_gate"] == roles["smear_weight"] == roles["blocks.0.attn_gate"] == "raw"
+    assert {r for n, r, a in tensors if a.ndim == 2} <= {"unit", "rows", "step"}
     check = subprocess.run([sys.executable, str(root / "tools" / "check.py"), str(tmp_path / "logs" / "gpu_numerics.txt"),
                             "--script", str(script), "--ptz", str(tmp_path / "final_model.ptz")],
                            capture_output=True, text=True)

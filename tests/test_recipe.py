@@ -173,15 +173,16 @@ def test_renorm_is_a_few_kernels_not_two_per_matrix():
 
 
 def test_warm_down_ends_at_min_lr():
-    """MIN_LR: the warm-down falls linearly from 1 to MIN_LR (0: to 0), by steps or by the capped clock."""
+    """The default LR_WARMUP_STEPS=20 rises linearly to 1 (1/20 at step 0, 1 from step 19); MIN_LR: the warm-down
+    falls linearly from 1 to MIN_LR (0: to 0), by steps or by the capped clock."""
     from types import SimpleNamespace
 
     import train_gpt
     for floor in (0.0, 0.1):
         h = train_gpt.load_hparams({"ITERATIONS": "100", "WARMDOWN_ITERS": "40", "MIN_LR": str(floor)})
         run = SimpleNamespace(h=h, cap_ms=0.0)
-        mul = [train_gpt.Run.lr_mul(run, step, 0.0) for step in (0, 60, 80, 100)]
-        assert mul == pytest.approx([1.0, 1.0, floor + (1 - floor) * 0.5, floor])
+        mul = [train_gpt.Run.lr_mul(run, step, 0.0) for step in (0, 9, 19, 60, 80, 100)]
+        assert mul == pytest.approx([0.05, 0.5, 1.0, 1.0, floor + (1 - floor) * 0.5, floor])
         capped = SimpleNamespace(h=h, cap_ms=1000.0)  # 10 ms a step: 40 steps of warm-down = the last 400 ms
         assert train_gpt.Run.lr_mul(capped, 80, 800.0) == pytest.approx(floor + (1 - floor) * 0.5)
         assert train_gpt.Run.lr_mul(capped, 100, 1000.0) == pytest.approx(floor)

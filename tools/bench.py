@@ -5,8 +5,8 @@ shape, or time nGPT's eval.
   python tools/bench.py --mode eval --gpus 8  # eval: sliding-window tokens/s and the projected time for the val split
   python tools/bench.py --mode ttt            # test-time training: tokens/s, the projected time, and its cost against
                                               # a training step's per token (to carry a GPU's training speed over)
-  python tools/bench.py --mode switches       # the default against each training gain switched on (issue 23):
-                                              # ms/step and the ratio to the default, interleaved
+  python tools/bench.py --mode switches       # the settings against each training gain flipped (issue 23):
+                                              # ms/step and the ratio, interleaved
   python tools/bench.py --mode memory         # per-rank peak GPU memory of a training step, an eval batch, a TTT batch
                                               # and GPTQ on --gpus H100s, estimated in seconds on the CPU (fake tensors)
 
@@ -173,24 +173,28 @@ def bench_train(args, h, device) -> dict:
     return out
 
 
-def switch_arms(h, loop_blocks: str) -> dict[str, dict[str, str]]:
-    """The settings --mode switches times against the default: each gain of issue 23 alone (the loop as it runs once
-    switched on: its every step costs this), then all of them."""
-    arms = {"default": {}, "loop": {"LOOP_BLOCKS": loop_blocks}, "xsa": {"XSA_LAST": str(h.num_layers)},
-            "smear": {"SMEAR": "1"}, "attn_gate": {"ATTN_GATE": "1"}, "softcap": {"LOGIT_SOFTCAP": "30"}}
-    arms["all"] = {k: v for arm in arms.values() for k, v in arm.items()}
+SWITCHES = ("SMEAR", "ATTN_GATE")  # issue 23's gains kept in train_gpt.py (ablations/README.md: the removed ones)
+
+
+def switch_arms(h) -> dict[str, dict[str, str]]:
+    """The settings --mode switches times: the environment's, each switch of SWITCHES flipped alone, and all of them
+    flipped."""
+    arms = {"as set": {}}
+    for name in SWITCHES:
+        arms[f"{name}={1 - getattr(h, name.lower())}"] = {name: str(1 - getattr(h, name.lower()))}
+    arms["all flipped"] = {k: v for arm in arms.values() for k, v in arm.items()}
     return arms
 
 
 def bench_switches(args, h, device) -> dict:
-    """ms/step of train_gpt.GPT with each switch of switch_arms, interleaved in rounds, and each one's ratio to the
-    default (what a switch costs at equal steps: the factor its step count is divided by at equal time)."""
+    """ms/step of train_gpt.GPT with each setting of switch_arms, interleaved in rounds, and each one's ratio to the
+    environment's (what a switch costs at equal steps: the factor its step count is divided by at equal time)."""
     cuda, steps = device.type == "cuda", {}
-    for name, env in switch_arms(h, args.loop_blocks).items():
+    for name, env in switch_arms(h).items():
         hp = train_gpt.load_hparams({**os.environ, **env})
         train_gpt.check_config(hp, 1)
         torch.manual_seed(h.seed)
-        model = train_gpt.GPT(hp).to(device)  # looped from the start: what every step after LOOP_FROM costs
+        model = train_gpt.GPT(hp).to(device)
         steps[name] = train_step_fn(model, hp, device, args.batch_tokens, args.compile)
         for _ in range(args.warmup):
             steps[name]()
@@ -199,11 +203,11 @@ def bench_switches(args, h, device) -> dict:
         n = args.steps // args.rounds + (r < args.steps % args.rounds)
         for name, step in steps.items():
             times[name] += timed(step, n, cuda)
-    out, base = {}, float(np.median(times["default"]))
+    out, base = {}, float(np.median(times["as set"]))
     for name in steps:
         q1, med, q3 = np.percentile(times[name], [25, 50, 75])
         out[name] = dict(ms_median=med, ms_q1=q1, ms_q3=q3, ratio=med / base)
-        print(f"{name:>10}: {med:9.2f} ms/step (IQR {q1:.2f}-{q3:.2f}), x{med / base:.3f} the default")
+        print(f"{name:>11}: {med:9.2f} ms/step (IQR {q1:.2f}-{q3:.2f}), x{med / base:.3f} the settings as set")
     return out
 
 
@@ -630,7 +634,7 @@ def check_cuda_autocast(h) -> str:
     (one block, 2 x 16 tokens: no dtype depends on the depth or the batch), with CUDA's own autocast kernels on fake CUDA tensors (no autograd:
     a CPU-only build cannot record it for CUDA tensors) and with CudaAutocast on the CPU. Returns "" when they agree,
     else the first difference."""
-    runs, h = [], SimpleNamespace(**{**vars(h), "num_layers": 1, "loop_blocks": ""})  # every block is the same
+    runs, h = [], SimpleNamespace(**{**vars(h), "num_layers": 1})  # every block is the same
     for device, autocast in (("cuda", RealCudaAutocast), ("cpu", CudaAutocast)):
         with Measuring(), BasicIndexing(), torch.device(device), torch.no_grad():
             model = train_gpt.GPT(h).requires_grad_(False)  # a leaf that requires grad takes a device guard in casts
@@ -747,7 +751,6 @@ def parse_args(argv, h):
         "(DDP buckets when > 1, each rank's 1/world share of Muon's momentum)")
     arg("--doc-tokens", type=float, default=VAL_TOKENS / 50_000, help="ttt mode: mean document length (default: the "
         "FineWeb split's, 63,779,840 tokens in 50,000 documents)")
-    arg("--loop-blocks", default="3-5", help="switches mode: the loop arm's LOOP_BLOCKS (default %(default)s, #1344's)")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -770,11 +773,6 @@ def parse_args(argv, h):
     ]:
         if bad:
             p.error(message)
-    if args.mode == "switches":
-        try:
-            train_gpt.block_order(train_gpt.load_hparams({**os.environ, "LOOP_BLOCKS": args.loop_blocks}), True)
-        except ValueError as e:
-            p.error(f"--loop-blocks: {e}")
     return args
 
 

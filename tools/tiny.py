@@ -5,10 +5,12 @@
 TINY_SHAPE = dict(NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", TRAIN_SEQ_LEN="64")
 # the test suite's runs (40 steps, validation every 20, no wall clock cap)
 TINY_RUN = dict(TINY_SHAPE, TRAIN_BATCH_TOKENS="4096", ITERATIONS="40", WARMUP_STEPS="2", WARMDOWN_ITERS="10",
+                LR_WARMUP_STEPS="2",
                 MUON_MOMENTUM_WARMUP_STEPS="10", VAL_LOSS_EVERY="20", TRAIN_LOG_EVERY="10", EVAL_STRIDE="16",
                 MAX_WALLCLOCK_SECONDS="0")
 # gpu_check's dry run: a few steps on the CPU; MAX_WALLCLOCK_SECONDS stays the call's (the cap check.py checks)
 TINY_TRAIN = dict(TINY_SHAPE, TRAIN_BATCH_TOKENS="4096", ITERATIONS="8", WARMUP_STEPS="1", WARMDOWN_ITERS="4",
+                  LR_WARMUP_STEPS="1",
                   MUON_MOMENTUM_WARMUP_STEPS="4", VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="1", EVAL_STRIDE="32",
                   EVAL_BATCH_SEQS="32", VAL_BATCH_SIZE="65536")
 TINY_BENCH = ["--device", "cpu", "--steps", "3", "--warmup", "1", "--batch-tokens", "512"]  # bench.py's arguments
