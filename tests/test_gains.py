@@ -1,7 +1,7 @@
 """The leaders' training gains kept on the sphere (issue 23): the BOS-masked SmearGate in training, evaluation and
 TTT, the attention output gate (both through the whole pipeline under the GPU's numerics: test_numerics' 2-rank
-run). (Depth recurrence, XSA,
-the LR warm-up and the logit softcap were measured and removed: ablations/README.md.)"""
+run; the LR warm-up's schedule: test_recipe). Depth recurrence, XSA and the logit softcap were measured and removed
+(ablations/README.md)."""
 
 import pytest
 import torch
