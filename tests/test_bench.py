@@ -95,10 +95,13 @@ def test_ttt_mode_projects_and_prices_in_training_tokens():
 
 
 def test_help_and_bad_arguments():
-    assert bench("--help").returncode == 0
-    for args, env, reason in [(["--steps", "0"], TINY, "--steps 0"), (["--batch-tokens", "100"], TINY, "multiple of"),
-                              ([], {**TINY, "NUM_HEADS": "5"}, "NUM_HEADS=5")]:
-        run = bench(*args, env=env)
+    from concurrent.futures import ThreadPoolExecutor
+    cases = [(["--steps", "0"], TINY, "--steps 0"), (["--batch-tokens", "100"], TINY, "multiple of"),
+             ([], {**TINY, "NUM_HEADS": "5"}, "NUM_HEADS=5"), (["--help"], TINY, None)]
+    with ThreadPoolExecutor(4) as pool:  # side by side: each run imports torch
+        runs = list(pool.map(lambda case: bench(*case[0], env=case[1]), cases))
+    assert runs[-1].returncode == 0
+    for run, (_, _, reason) in zip(runs[:-1], cases):
         assert run.returncode != 0
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and reason in lines[0], run.stderr

@@ -38,8 +38,9 @@ def test_wrapper_runs_as_the_source(tmp_path, tiny_run_env):
     stops both with the same line."""
     env = {**tiny_run_env, "ITERATIONS": "8", "VAL_LOSS_EVERY": "0", "TTT": "0", "EVAL_STRIDE": "64",
            "WARMUP_STEPS": "0"}
-    results = {}
-    for name in ("source", "wrapper"):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def both_runs(name):
         work = tmp_path / name
         work.mkdir()
         script = work / "train_gpt.py"
@@ -51,9 +52,11 @@ def test_wrapper_runs_as_the_source(tmp_path, tiny_run_env):
         assert rc == 0, out[-2000:] + err[-2000:]
         final = re.search(r"(?m)^final_roundtrip_exact .*$", out).group(0)
         losses = re.findall(r"(?m)^step:\d+/8 train_loss:(\S+)", out)
-        results[name] = (final, losses, (work / "final_model.ptz").read_bytes())
         bad = run_script(script, work, {**env, "NUM_KV_HEADS": "3"})
         assert bad[0] == 1 and "NUM_HEADS=4 is not divisible by NUM_KV_HEADS=3" in bad[2]
+        return final, losses, (work / "final_model.ptz").read_bytes()
+    with ThreadPoolExecutor(2) as pool:  # the source and the wrapper side by side, one thread each
+        results = dict(zip(("source", "wrapper"), pool.map(both_runs, ("source", "wrapper"))))
     assert results["source"][:2] == results["wrapper"][:2]
     assert results["source"][2] == results["wrapper"][2]  # the same artifact, byte for byte
 

@@ -77,18 +77,20 @@ def test_rows_add_up_and_totals_match_the_file(tmp_path):
 
 
 def test_not_an_artifact_is_one_line_and_exit_1(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
     _, path = artifact(tmp_path)
     data = path.read_bytes()
-    for broken in (data[:-5], b"hello"):
-        bad = tmp_path / "bad.ptz"
-        bad.write_bytes(broken)
-        out = subprocess.run(SIZE + [str(bad)], capture_output=True, text=True)
+    for i, broken in enumerate((data[:-5], b"hello")):
+        (tmp_path / f"bad{i}.ptz").write_bytes(broken)
+    argvs = [[str(tmp_path / "bad0.ptz")], [str(tmp_path / "bad1.ptz")], [str(tmp_path / "none.ptz")], ["--help"],
+             [str(path), "--by", "layer"]]
+    with ThreadPoolExecutor(5) as pool:  # side by side: each run imports torch
+        outs = list(pool.map(lambda argv: subprocess.run(SIZE + argv, capture_output=True, text=True), argvs))
+    for out in outs[:2]:
         assert out.returncode == 1 and out.stdout == ""
         assert len(out.stderr.splitlines()) == 1 and "is not a loadable artifact" in out.stderr
-    missing = subprocess.run(SIZE + [str(tmp_path / "none.ptz")], capture_output=True, text=True)
-    assert missing.returncode == 1 and "cannot read" in missing.stderr
-    assert subprocess.run(SIZE + ["--help"], capture_output=True, text=True).returncode == 0
-    assert subprocess.run(SIZE + [str(path), "--by", "layer"], capture_output=True, text=True).returncode == 2
+    assert outs[2].returncode == 1 and "cannot read" in outs[2].stderr
+    assert outs[3].returncode == 0 and outs[4].returncode == 2
 
 
 def test_models_floor_on_a_tiny_artifact(tmp_path):
