@@ -1066,16 +1066,22 @@ def rans_table(q: np.ndarray) -> tuple[int, np.ndarray]:
     return m, f
 
 
+def rans_cdf(tables: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(F, C): each symbol's frequency and cumulative frequency by key 256 i + 127 + q (q of array i), for the tables
+    and one padding block after them (the last step's unused lanes: a symbol of probability 1 at key 256 n + 127)."""
+    F, C = np.zeros((len(tables) + 1) * 256, np.uint64), np.zeros((len(tables) + 1) * 256, np.uint64)
+    for i, (m, f) in enumerate([*tables, (0, np.array([1 << RANS_BITS]))]):
+        F[256 * i + 127 - m:256 * i + 128 + m], C[256 * i + 127 - m:256 * i + 128 + m] = f, np.cumsum(f) - f
+    return F, C
+
+
 def rans_encode(arrays: list[np.ndarray]) -> bytes:
     """One frame: crc32 of the rest | lanes, words (uint32) | per array max |q| (uint8) and its 2m+1 frequencies
     (uint16) | final states (uint32 per lane) | words (uint16), in decoding order."""
     n, P = sum(a.size for a in arrays), np.uint64(RANS_BITS)
     lanes = max(1, min(RANS_LANES, n // 4096))
     tables = [rans_table(a) for a in arrays]
-    F, C = np.zeros((len(arrays) + 1) * 256, np.uint64), np.zeros((len(arrays) + 1) * 256, np.uint64)
-    for i, (m, f) in enumerate(tables):  # symbol q of array i: key 256 i + 127 + q
-        F[256 * i + 127 - m:256 * i + 128 + m], C[256 * i + 127 - m:256 * i + 128 + m] = f, np.cumsum(f) - f
-    F[-256:], C[-256:] = 1 << RANS_BITS, 0  # padding (the last step's unused lanes): a symbol of probability 1
+    F, C = rans_cdf(tables)
     keys = np.full(-(-n // lanes) * lanes, len(arrays) * 256 + 127, np.int32)
     at = 0
     for i, a in enumerate(arrays):
@@ -1103,20 +1109,18 @@ def rans_decode(frame: bytes, sizes: list[int]) -> list[np.ndarray]:
         raise ValueError("the rANS frame's checksum does not match")
     body, P = memoryview(frame)[4:], np.uint64(RANS_BITS)
     lanes, n_words = (int(v) for v in np.frombuffer(body[:8], "<u4"))
-    at, n = 8, sum(sizes)
-    F, C = np.zeros((len(sizes) + 1) * 256, np.uint64), np.zeros((len(sizes) + 1) * 256, np.uint64)
-    lut = np.zeros((len(sizes) + 1) << RANS_BITS, np.int64)  # (array, slot) -> key
-    for i in range(len(sizes) + 1):
-        if i < len(sizes):
-            m = body[at]
-            f = np.frombuffer(body[at + 1:at + 3 + 4 * m], "<u2").astype(np.int64)
-            at += 3 + 4 * m
-            if f.size != 2 * m + 1 or f.sum() != 1 << RANS_BITS:
-                raise ValueError(f"the rANS table of int8 tensor {i} does not sum to 2^{RANS_BITS}")
-        else:
-            m, f = 0, np.array([1 << RANS_BITS])
-        F[256 * i + 127 - m:256 * i + 128 + m], C[256 * i + 127 - m:256 * i + 128 + m] = f, np.cumsum(f) - f
-        lut[i << RANS_BITS:(i + 1) << RANS_BITS] = np.repeat(np.arange(256 * i + 127 - m, 256 * i + 128 + m), f)
+    at, n, tables = 8, sum(sizes), []
+    for i in range(len(sizes)):
+        m = body[at] if at < len(body) else 0
+        f = np.frombuffer(body[at + 1:at + 3 + 4 * m], "<u2").astype(np.int64)
+        at += 3 + 4 * m
+        if f.size != 2 * m + 1 or f.sum() != 1 << RANS_BITS:
+            raise ValueError(f"the rANS table of int8 tensor {i} does not sum to 2^{RANS_BITS}")
+        tables.append((m, f))
+    F, C = rans_cdf(tables)
+    tables.append((0, np.array([1 << RANS_BITS])))  # the padding block
+    lut = np.concatenate([np.repeat(np.arange(256 * i + 127 - m, 256 * i + 128 + m), f)  # (array, slot) -> key
+                          for i, (m, f) in enumerate(tables)])
     if lanes < 1 or len(body) != at + 4 * lanes + 2 * n_words:
         raise ValueError("the rANS frame's length does not fit its lanes and words")
     x = np.frombuffer(body[at:at + 4 * lanes], "<u4").astype(np.uint64)

@@ -130,12 +130,14 @@ def test_compiled_matches_eager_under_autocast():
     """Inductor (the GPU's compiler; here its CPU code) against eager, both under bf16 autocast, against an fp64
     reference: the loss and every gradient no further from fp64 compiled than eager (the opaque normalize's reason to
     exist), one graph without breaks (fullgraph=True)."""
-    h = load_hparams({**TINY, "NUM_LAYERS": "4", "VOCAB_SIZE": "512"})
+    h = load_hparams({**TINY, "NUM_LAYERS": "4", "VOCAB_SIZE": "512", "ATTN_GATE": "1"})  # both gates compiled
     torch.manual_seed(0)
     model = GPT(h)
     with torch.no_grad():
         model.emb.weight.normal_(0, 0.5)
         model.smear_weight.fill_(0.5)  # the SmearGate open (at init its gate's gradient is exactly 0)
+        for block in model.blocks:
+            block.attn_gate.normal_(0, 0.5)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randint(0, 512, (4, 64), generator=g), torch.randint(0, 512, (4, 64), generator=g)
 
