@@ -176,9 +176,9 @@ def check_config(h, world: int) -> None:
         (h.ttt and (not h.ttt_targets or not set(h.ttt_targets.split(",")) <= set(TTT_KINDS)),
          f"TTT_TARGETS={h.ttt_targets!r} must be a comma list of {','.join(TTT_KINDS)}"),
     ]
-    for bad, message in problems:
-        if bad:
-            raise ValueError(message)
+    found = [message for bad, message in problems if bad]
+    if found:  # all at once: a pod run that stops should name every setting to fix
+        raise ValueError("; ".join(found))
 
 # ------------------------------ optimizer
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +20,20 @@ SHARED_TOKENIZER = ROOT.parent / "shared" / "data" / "tokenizers" / "fineweb_102
 TINY_DOCS, TINY_VAL_DOCS, TINY_VOCAB = 130, 15, 512  # ~300k train tokens, ~30k val tokens
 
 
+def pytest_configure(config):
+    """pytest.ini runs the suite on 2 pytest-xdist workers, one per core: each worker computes on one thread, and so do
+    the processes it starts (unless a test sets its own), or their threads would spin against each other's."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+        torch.set_num_threads(1)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
+    # one xdist group per module, so a module's fixtures run once; the tool tests that share cpu_runs form one group
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("cpu_runs" if "cpu_runs" in item.fixturenames else item.module.__name__))
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if gpu_items:
         import torch
@@ -83,31 +97,34 @@ def tiny_run_env(tiny_shards):
 
 @pytest.fixture(scope="session")
 def cpu_runs(tmp_path_factory, tiny_run_env):
-    """Three real `torchrun --nproc_per_node=2` CPU runs of a copy of train_gpt.py (SEED=1, 2, 3) on the tiny shards:
-    dicts log, script, ptz (each run's final_model.ptz, moved aside before the next run overwrites it), and the
-    launcher's returncode, stdout, stderr and seconds."""
+    """Three real `torchrun --nproc_per_node=2` CPU runs of one copy of train_gpt.py (SEED=1, 2, 3) on the tiny shards,
+    side by side, each in its own folder: dicts log, script, ptz and pt (the run's final_model.ptz and the trained
+    weights it saved before the export), and the launcher's returncode, stdout, stderr and seconds."""
     work = tmp_path_factory.mktemp("cpu_runs")
     script = Path(shutil.copy(ROOT / "train_gpt.py", work / "train_gpt.py"))
-    runs = []
-    for seed in (1, 2, 3):
-        t0 = time.perf_counter()
+
+    def run(seed):
+        cwd, t0 = work / f"seed{seed}", time.perf_counter()
+        cwd.mkdir()
         env = {**tiny_run_env, "SEED": str(seed), "RUN_ID": f"cpu_seed{seed}"}
         proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                                 script.name], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 str(script)], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)
         try:
-            stdout, stderr = proc.communicate(timeout=180)
+            stdout, stderr = proc.communicate(timeout=240)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # torchrun and the ranks it started
             stdout, stderr = proc.communicate()
-        if proc.returncode != 0:
-            pytest.fail(f"train_gpt.py SEED={seed} exited {proc.returncode}:\n{stdout[-2000:]}\n{stderr[-4000:]}")
-        (work / f"seed{seed}").mkdir()
-        ptz = Path(shutil.move(work / "final_model.ptz", work / f"seed{seed}" / "final_model.ptz"))
-        runs.append({"log": work / "logs" / f"cpu_seed{seed}.txt", "script": script, "ptz": ptz,
-                     "returncode": proc.returncode, "stdout": stdout, "stderr": stderr,
-                     "seconds": time.perf_counter() - t0})
-        print(f"cpu_runs: SEED={seed} took {runs[-1]['seconds']:.1f}s")
+        return {"log": cwd / "logs" / f"cpu_seed{seed}.txt", "script": script, "ptz": cwd / "final_model.ptz",
+                "pt": cwd / "final_model.pt",
+                "returncode": proc.returncode, "stdout": stdout, "stderr": stderr, "seconds": time.perf_counter() - t0}
+
+    with ThreadPoolExecutor(3) as pool:
+        runs = list(pool.map(run, (1, 2, 3)))
+    for seed, r in zip((1, 2, 3), runs):
+        if r["returncode"] != 0:
+            pytest.fail(f"train_gpt.py SEED={seed} exited {r['returncode']}:\n{r['stdout'][-2000:]}\n{r['stderr'][-4000:]}")
+        print(f"cpu_runs: SEED={seed} took {r['seconds']:.1f}s")
     return runs
 
 

@@ -21,7 +21,7 @@ TOOL = ROOT / "tools" / "ablate.py"
 VARIANTS = ["base=", "lr=MATRIX_LR=0.02", "bad=NUM_KV_HEADS=3"]
 SEEDS = [1, 2]
 COMMON = ["ITERATIONS=8", "WARMUP_STEPS=0", "WARMDOWN_ITERS=4", "VAL_LOSS_EVERY=0", "TRAIN_LOG_EVERY=4",
-          "EVAL_STRIDE=64", "OMP_NUM_THREADS=1"]
+          "EVAL_STRIDE=64", "TTT=0", "OMP_NUM_THREADS=1"]  # TTT off, as the protocols run
 BAD_CONFIG = "NUM_HEADS=4 is not divisible by NUM_KV_HEADS=3"
 
 

@@ -33,6 +33,27 @@ def last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+CPU = ["--device", "cpu", "--warmup", "1"]
+# every command-line run of the tool below: name -> (arguments, environment)
+RUNS = {"train": (CPU + ["--steps", "3", "--batch-tokens", "512"], TINY),
+        "switches": (CPU + ["--mode", "switches", "--steps", "2", "--batch-tokens", "512"], {**TINY, "SMEAR": "1"}),
+        "eval": (CPU + ["--mode", "eval", "--eval-tokens", "1024", "--gpus", "8"], TINY),
+        "ttt": (CPU + ["--mode", "ttt", "--steps", "2", "--batch-tokens", "512", "--eval-tokens", "2048",
+                       "--doc-tokens", "300"], TINY),
+        "memory": (["--mode", "memory"], TINY), "memory_gpus3": (["--mode", "memory", "--gpus", "3"], TINY),
+        "steps0": (["--steps", "0"], TINY), "batch100": (["--batch-tokens", "100"], TINY),
+        "heads5": ([], {**TINY, "NUM_HEADS": "5"}), "help": (["--help"], TINY)}
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """Every run of RUNS side by side (each imports torch and times on one thread; only the numbers' existence and
+    their arithmetic are checked): name -> CompletedProcess."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(len(RUNS)) as pool:
+        return dict(zip(RUNS, pool.map(lambda case: bench(*case[0], env=case[1], timeout=300), RUNS.values())))
+
+
 def test_standard_model_matches_ngpt_shapes_and_starts_at_uniform_loss():
     h = train_gpt.load_hparams(TINY)
     ngpt, std = train_gpt.GPT(h), StandardGPT(h)
@@ -47,8 +68,8 @@ def test_standard_model_matches_ngpt_shapes_and_starts_at_uniform_loss():
     assert std(x, y, reduction="none").shape == y.shape
 
 
-def test_train_mode_runs_both_models():
-    run = bench("--device", "cpu", "--steps", "3", "--warmup", "1", "--batch-tokens", "512")
+def test_train_mode_runs_both_models(runs):
+    run = runs["train"]
     assert run.returncode == 0, run.stderr
     out = last_json(run.stdout)
     assert out["mode"] == "train" and out["shape"]["batch_tokens"] == 512
@@ -62,9 +83,8 @@ def test_train_mode_runs_both_models():
     assert "6 * N_matmul" in out["flop_formula"] and "ratio nGPT/standard" in run.stdout
 
 
-def test_switches_mode_times_each_gain_against_the_default():
-    run = bench("--mode", "switches", "--device", "cpu", "--steps", "2", "--warmup", "1", "--batch-tokens", "512",
-                env={**TINY, "SMEAR": "1"})
+def test_switches_mode_times_each_gain_against_the_default(runs):
+    run = runs["switches"]
     assert run.returncode == 0, run.stderr
     out = last_json(run.stdout)
     arms = ("as set", "SMEAR=0", "ATTN_GATE=1", "all flipped")
@@ -74,8 +94,8 @@ def test_switches_mode_times_each_gain_against_the_default():
         "SMEAR": "0", "ATTN_GATE": "1"}
 
 
-def test_eval_mode_projects_the_validation_time():
-    run = bench("--mode", "eval", "--device", "cpu", "--warmup", "1", "--eval-tokens", "1024", "--gpus", "8")
+def test_eval_mode_projects_the_validation_time(runs):
+    run = runs["eval"]
     assert run.returncode == 0, run.stderr
     out = last_json(run.stdout)
     assert out["mode"] == "eval" and out["eval_tokens"] == 1024 and out["tokens_per_s"] > 0
@@ -83,9 +103,8 @@ def test_eval_mode_projects_the_validation_time():
     assert out["under_600s"] == (out["projected_s"] < 600) and "projected full validation" in run.stdout
 
 
-def test_ttt_mode_projects_and_prices_in_training_tokens():
-    run = bench("--mode", "ttt", "--device", "cpu", "--steps", "2", "--warmup", "1", "--batch-tokens", "512",
-                "--eval-tokens", "2048", "--doc-tokens", "300")
+def test_ttt_mode_projects_and_prices_in_training_tokens(runs):
+    run = runs["ttt"]
     assert run.returncode == 0, run.stderr
     out = last_json(run.stdout)
     assert out["mode"] == "ttt" and out["eval_tokens"] == 2048 and out["docs"] > 2
@@ -94,14 +113,10 @@ def test_ttt_mode_projects_and_prices_in_training_tokens():
     assert "one TTT token costs" in run.stdout
 
 
-def test_help_and_bad_arguments():
-    from concurrent.futures import ThreadPoolExecutor
-    cases = [(["--steps", "0"], TINY, "--steps 0"), (["--batch-tokens", "100"], TINY, "multiple of"),
-             ([], {**TINY, "NUM_HEADS": "5"}, "NUM_HEADS=5"), (["--help"], TINY, None)]
-    with ThreadPoolExecutor(4) as pool:  # side by side: each run imports torch
-        runs = list(pool.map(lambda case: bench(*case[0], env=case[1]), cases))
-    assert runs[-1].returncode == 0
-    for run, (_, _, reason) in zip(runs[:-1], cases):
+def test_help_and_bad_arguments(runs):
+    assert runs["help"].returncode == 0
+    for name, reason in (("steps0", "--steps 0"), ("batch100", "multiple of"), ("heads5", "NUM_HEADS=5")):
+        run = runs[name]
         assert run.returncode != 0
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and reason in lines[0], run.stderr
@@ -186,8 +201,8 @@ def memory_in_process(env: dict, monkeypatch, capsys) -> dict:
     return check_memory_output(capsys.readouterr().out)
 
 
-def test_memory_mode_prints_the_four_phases_and_json():
-    run = bench("--mode", "memory")
+def test_memory_mode_prints_the_four_phases_and_json(runs):
+    run = runs["memory"]
     assert run.returncode == 0, run.stderr
     out = check_memory_output(run.stdout)
     train = out["phases"]["train"]
@@ -199,7 +214,7 @@ def test_memory_mode_prints_the_four_phases_and_json():
     h = train_gpt.load_hparams(TINY)  # as many Hessians as train_gpt.collect_hessians makes on real tensors
     x, y = torch.randint(h.vocab_size, (2, 2, 16))
     assert out["hessians"] == len(train_gpt.collect_hessians(train_gpt.GPT(h), [(x, y)], contextlib.nullcontext()))
-    run = bench("--mode", "memory", "--gpus", "3")
+    run = runs["memory_gpus3"]
     lines = run.stderr.strip().splitlines()
     assert run.returncode != 0 and len(lines) == 1 and "--gpus 3 must divide 8" in lines[0], run.stderr
 

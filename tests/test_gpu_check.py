@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -41,28 +42,35 @@ def args_for(call, shards, out, dry_run):
                            run_id=f"gpu_check_call{call}", log=d / "train" / "logs" / f"gpu_check_call{call}.txt")
 
 
-@pytest.fixture(scope="module", params=[1, 2])
-def dry_run(request, tiny_shards, tmp_path_factory):
-    out = tmp_path_factory.mktemp(f"gpu_check_call{request.param}") / "out"
-    t0 = time.perf_counter()
-    run = subprocess.run(GPU_CHECK + ["--call", str(request.param), *data_args(tiny_shards), "--out", str(out),
-                                      "--dry-run"], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                         text=True, timeout=240, cwd=REPO)
-    seconds = time.perf_counter() - t0
-    print(f"gpu_check --call {request.param} --dry-run took {seconds:.1f}s")
-    path = out / f"call{request.param}" / "summary.json"
-    return SimpleNamespace(call=request.param, run=run, out=out, dir=path.parent, seconds=seconds,
-                           summary=json.loads(path.read_text()) if path.exists() else None)
+@pytest.fixture(scope="module")
+def dry_runs(tiny_shards, tmp_path_factory):
+    """Both calls' dry runs, side by side (each runs its steps one after another on one thread): call -> namespace."""
+    def dry_run(call):
+        out = tmp_path_factory.mktemp(f"gpu_check_call{call}") / "out"
+        t0 = time.perf_counter()
+        run = subprocess.run(GPU_CHECK + ["--call", str(call), *data_args(tiny_shards), "--out", str(out), "--dry-run"],
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240,
+                             cwd=REPO)
+        seconds = time.perf_counter() - t0
+        path = out / f"call{call}" / "summary.json"
+        return SimpleNamespace(call=call, run=run, out=out, dir=path.parent, seconds=seconds,
+                               summary=json.loads(path.read_text()) if path.exists() else None)
+    with ThreadPoolExecutor(2) as pool:
+        runs = dict(zip((1, 2), pool.map(dry_run, (1, 2))))
+    print(", ".join(f"gpu_check --call {c} --dry-run took {r.seconds:.1f}s" for c, r in runs.items()))
+    return runs
 
 
-def test_dry_run_of_each_call(dry_run, tiny_shards, monkeypatch):
-    run, s, call = dry_run.run, dry_run.summary, dry_run.call
+@pytest.mark.parametrize("call", [1, 2])
+def test_dry_run_of_each_call(call, dry_runs, tiny_shards, monkeypatch):
+    dry_run = dry_runs[call]
+    run, s = dry_run.run, dry_run.summary
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
     assert s["ok"] and s["reason"] is None and s["call"] == call and s["dry_run"]
     names = ["gpu_tests", "bench", "train", "check"] if call == 1 else ["train", "check"]
     assert [st["name"] for st in s["steps"]] == names and all(st["status"] == "ok" for st in s["steps"])
     assert all((dry_run.dir / st["stdout"]).is_file() and (dry_run.dir / st["stderr"]).is_file() for st in s["steps"])
-    assert dry_run.seconds < 100  # call 1 about 40 s on 2 busy cores
+    assert dry_run.seconds < 100  # call 1 about 30 s beside call 2 on 2 cores
 
     # the dry run's steps are the full plan's under the tiny environment, the would-run lines the full commands
     for key in ("WARMDOWN_ITERS", "MUON_MOMENTUM_WARMUP_STEPS", "EVAL_BUDGET_SECONDS"):
@@ -77,7 +85,7 @@ def test_dry_run_of_each_call(dry_run, tiny_shards, monkeypatch):
     assert would["train"].endswith(" -m torch.distributed.run --standalone --nproc_per_node=1 train_gpt.py")
     assert would["check"].endswith(f" --max-train-s {60 if call == 1 else 240}")
     if call == 1:
-        assert would["gpu_tests"].endswith(" -m pytest -q -m gpu") and would["bench"].endswith(" tools/bench.py")
+        assert would["gpu_tests"].endswith(" -m pytest -q -m gpu -o addopts=") and would["bench"].endswith(" tools/bench.py")
     device = f"run(timeout_s={330 if call == 1 else 390}, carry=['.whl'], command=\""
     assert device in run.stdout and f"python3 tools/gpu_check.py --call {call} --data " in s["device_command"]
 
@@ -116,7 +124,7 @@ def test_full_plans(tmp_path, tiny_shards, monkeypatch):
         by = {s.name: s for s in steps}
         assert list(by) == (["gpu_tests", "bench", "train", "check"] if call == 1 else ["train", "check"])
         if call == 1:
-            assert by["gpu_tests"].cmd == [py, "-m", "pytest", "-q", "-m", "gpu"]
+            assert by["gpu_tests"].cmd == [py, "-m", "pytest", "-q", "-m", "gpu", "-o", "addopts="]
             assert by["bench"].cmd == [py, "tools/bench.py"]
             assert by["gpu_tests"].env == by["bench"].env == {} and by["gpu_tests"].cwd == REPO
         train, check, work = by["train"], by["check"], tmp_path.resolve() / f"call{call}" / "train"

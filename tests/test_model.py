@@ -63,6 +63,15 @@ def test_check_config_rejects(env, world, message):
         check_config(load_hparams(env), world)
 
 
+def test_check_config_names_every_problem_at_once():
+    """A stopped pod run names every setting to fix, in the table's order, in one line."""
+    with pytest.raises(ValueError) as e:
+        check_config(load_hparams({"MODEL_DIM": "60", "NUM_HEADS": "8", "NUM_KV_HEADS": "3", "MIN_LR": "2"}), 3)
+    assert str(e.value).split("; ") == ["WORLD_SIZE=3 does not divide 8", "MODEL_DIM=60 is not divisible by NUM_HEADS=8",
+                                        "NUM_HEADS=8 is not divisible by NUM_KV_HEADS=3",
+                                        "ROPE_DIMS=7 must be even and at most the head dim 7", "MIN_LR=2.0 must be in [0, 1]"]
+
+
 @pytest.mark.parametrize("world", [1, 2, 4, 8])
 def test_check_config_accepts_defaults(world):
     check_config(load_hparams({}), world)

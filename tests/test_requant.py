@@ -3,7 +3,6 @@ and scored within 0.5% below the budget; the stand-in export; one line for a wro
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 from _logs import REPO
 
@@ -12,7 +11,7 @@ REQUANT = [sys.executable, str(REPO / "tools" / "requant.py")]
 
 def test_table_at_equal_bytes(cpu_runs):
     run = cpu_runs[-1]
-    model = Path(run["script"]).parent / "final_model.pt"
+    model = run["pt"]
     out = subprocess.run(REQUANT + ["table", "--log", str(run["log"]), "--model", str(model), "--bytes-per-param",
                                     "0.5", "--val-tokens", "4096", "--methods", "rtn", "gptq"],
                          capture_output=True, text=True)
@@ -28,7 +27,7 @@ def test_table_at_equal_bytes(cpu_runs):
 
 def test_standin_and_failures(cpu_runs, tmp_path):
     run = cpu_runs[-1]
-    model = Path(run["script"]).parent / "final_model.pt"
+    model = run["pt"]
     out = subprocess.run(REQUANT + ["standin", "--log", str(run["log"]), "--model", str(model), "--env",
                                     "NUM_LAYERS=2", "MODEL_DIM=128", "NUM_HEADS=4", "NUM_KV_HEADS=2"],
                          capture_output=True, text=True)

@@ -5,8 +5,8 @@
   python tools/gpu_check.py --call 2 --data DIR --tokenizer FILE --out DIR   # <= 360 s: give the device call 390 s
   python tools/gpu_check.py --call N ... --dry-run   # the same steps on a CPU, tiny; prints the device command too
 
-Call 1: gpu_tests (pytest -q -m gpu), bench (tools/bench.py: nGPT, anGPT, standard at the default shape), train
-(MAX_WALLCLOCK_SECONDS=60 python -m torch.distributed.run --standalone --nproc_per_node=1 train_gpt.py in a copy in
+Call 1: gpu_tests (pytest -q -m gpu, one process), bench (tools/bench.py: nGPT, anGPT, standard at the default
+shape), train (MAX_WALLCLOCK_SECONDS=60 python -m torch.distributed.run --standalone --nproc_per_node=1 train_gpt.py in a copy in
 --out/call1/train/: training, export, reload, scoring; EVAL_BUDGET_SECONDS=30 bounds TTT), check (tools/check.py on
 its log, script and artifact, --max-train-s 60). Call 2: train for 240 s, the script's full evaluation (TTT), check.
 --out/call<N>/ gets each step's NN_<step>.stdout.txt / .stderr.txt, train/ and the summary printed at the end
@@ -63,7 +63,8 @@ def plan(args) -> list[Step]:
     env = {**{k: os.environ.get(k, v) for k, v in {**short, **call["env"]}.items()}, "MAX_WALLCLOCK_SECONDS": t,
            "DATA_PATH": str(args.data), "TOKENIZER_PATH": str(args.tokenizer), "VOCAB_SIZE": str(args.vocab_size),
            "RUN_ID": args.run_id}
-    steps = [Step("gpu_tests", [py, "-m", "pytest", "-q", "-m", "gpu"], ROOT, cap_s=GPU_TESTS_CAP_S),
+    # in one process (no pytest.ini addopts: pytest-xdist may be missing there, and GPU timings want the GPU alone)
+    steps = [Step("gpu_tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-o", "addopts="], ROOT, cap_s=GPU_TESTS_CAP_S),
              Step("bench", [py, "tools/bench.py"], ROOT)] if args.call == 1 else []
     steps += [Step("train", [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "train_gpt.py"],
                    work, env, reserve_s=args.train_seconds + call["overhead_s"]),
