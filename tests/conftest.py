@@ -29,11 +29,33 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+# the modules whose tests use cpu_runs (test_docs checks the list): one scope for the xdist workers, so the runs are
+# made once
+CPU_RUNS_FILES = {"tests/test_check.py", "tests/test_code_bytes.py", "tests/test_e2e.py", "tests/test_plot.py",
+                  "tests/test_record.py", "tests/test_requant.py", "tests/test_ttt.py"}
+
+
+def suite_scope(nodeid: str) -> str:
+    """The unit of work a worker takes whole: the test's module, or "cpu_runs" for the modules that share them."""
+    path = nodeid.split("::", 1)[0]
+    return "cpu_runs" if path in CPU_RUNS_FILES else path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest.ini's --dist loadfile (a module's tests on one worker, so its fixtures run once) with suite_scope's
+    units. (Not loadgroup's marks: on pytest >= 9.2 xdist ignores them, pytest-dev/pytest-xdist#1386.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SuiteScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return suite_scope(nodeid)
+    return SuiteScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    # one xdist group per module, so a module's fixtures run once; the tool tests that share cpu_runs form one group
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group("cpu_runs" if "cpu_runs" in item.fixturenames else item.module.__name__))
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if gpu_items:
         import torch
