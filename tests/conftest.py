@@ -1,5 +1,6 @@
 """Fixtures shared by the whole suite: a tiny corpus, tokenizer and shard set, all built from the Python
 standard library's docstrings (no network, no ../shared), once per session."""
+import ast
 import os
 import shutil
 import signal
@@ -29,10 +30,17 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
-# the modules whose tests use cpu_runs (test_docs checks the list): one scope for the xdist workers, so the runs are
-# made once
-CPU_RUNS_FILES = {"tests/test_check.py", "tests/test_code_bytes.py", "tests/test_e2e.py", "tests/test_plot.py",
-                  "tests/test_record.py", "tests/test_requant.py", "tests/test_ttt.py"}
+def modules_using(fixture: str) -> set[str]:
+    """The test modules (as node ids name them) with a test or fixture that takes `fixture` as an argument."""
+    found = set()
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if any(isinstance(n, ast.FunctionDef) and fixture in [a.arg for a in n.args.args] for n in ast.walk(tree)):
+            found.add(f"tests/{path.name}")
+    return found
+
+
+CPU_RUNS_FILES = modules_using("cpu_runs")  # one scope for the xdist workers, so the runs are made once
 
 
 def suite_scope(nodeid: str) -> str:

@@ -6,11 +6,12 @@
   python tools/gpu_check.py --call N ... --dry-run   # the same steps on a CPU, tiny; prints the device command too
 
 Call 1: gpu_tests (pytest -q -m gpu, one process), bench (tools/bench.py: nGPT, anGPT, standard at the default
-shape), train (MAX_WALLCLOCK_SECONDS=60 python -m torch.distributed.run --standalone --nproc_per_node=1 train_gpt.py in a copy in
---out/call1/train/: training, export, reload, scoring; EVAL_BUDGET_SECONDS=30 bounds TTT), check (tools/check.py on
-its log, script and artifact, --max-train-s 60). Call 2: train for 240 s, the script's full evaluation (TTT), check.
---out/call<N>/ gets each step's NN_<step>.stdout.txt / .stderr.txt, train/ and the summary printed at the end
-(summary.md, summary.json) from bench.py's JSON line and tools/runlog.parse_log, named as tools/check.py names them.
+shape), train (MAX_WALLCLOCK_SECONDS=60 python -m torch.distributed.run --standalone --nproc_per_node=1 train_gpt.py
+in a copy in --out/call1/train/: training, export, reload, scoring; EVAL_BUDGET_SECONDS=30 bounds TTT), check
+(tools/check.py on its log, script and artifact, --max-train-s 60). Call 2: train for 240 s, the script's full
+evaluation (TTT), check. --out/call<N>/ gets each step's NN_<step>.stdout.txt / .stderr.txt, train/ and the summary
+printed at the end (summary.md, summary.json) from bench.py's JSON line and tools/runlog.parse_log, named as
+tools/check.py names them.
 A step that would overrun --budget-s is killed (its process group): a timeout. Exit 1: a step failed (one-line reason);
 2: bad arguments. Short runs scale WARMDOWN_ITERS, MUON_MOMENTUM_WARMUP_STEPS (SHORT_SCHEDULE); the environment wins.
 --dry-run: the CPU, tools/tiny.py's TINY_TRAIN over every step's environment, TINY_BENCH, pytest --collect-only.
