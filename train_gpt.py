@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import contextlib
 import copy
 import glob
 import json
@@ -32,11 +33,13 @@ import zstandard
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-try:  # FlashAttention 3, only a build that registers its torch ops: older ones break torch.compile's graph
+try:  # FlashAttention 3, only a build that registers torch ops (older ones break torch.compile's graph): its Python
+    # interface's custom op (flash_attn_3::_flash_attn_forward), or only the C++ op it calls (flash_attn_3::fwd)
     from flash_attn_interface import flash_attn_func
-    flash_attn_func = flash_attn_func if hasattr(torch.ops.flash_attn_3, "_flash_attn_forward") else None
+    FA3_OPS = [op for op in ("_flash_attn_forward", "fwd") if hasattr(torch.ops.flash_attn_3, op)]
+    flash_attn_func = flash_attn_func if FA3_OPS else None
 except ImportError:
-    flash_attn_func = None
+    flash_attn_func, FA3_OPS = None, []
 
 # ------------------------------ hyperparameters
 
@@ -471,22 +474,33 @@ def attention(q, k, v, scale: float) -> torch.Tensor:
     return sdpa_attention(q, k, v, scale)
 
 
-def check_flash_attention(device, fa=None, tol: float = 0.02) -> str:
-    """Run FlashAttention 3 (or `fa`) against SDPA on a small random causal GQA input in bf16, before any compile.
-    If it raises or disagrees by more than tol, this run uses SDPA (a broken build must not cost the score)."""
+def check_flash_attention(device, compile_fn=None, fa=None, tol: float = 0.02) -> str:
+    """Run FlashAttention 3 (or `fa`) against SDPA on a small random causal GQA input in bf16, eagerly and, given
+    `compile_fn` (the run's torch.compile), compiled with a full graph, before the model compiles. If either raises or
+    disagrees by more than tol, this run uses SDPA (a broken build, or one torch.compile cannot trace, must not cost
+    the score)."""
     global flash_attn_func
     g = torch.Generator(device=device).manual_seed(0)
     q, k, v = (torch.randn(2, 256, h, 64, device=device, generator=g).to(torch.bfloat16) for h in (8, 4, 4))
-    try:
-        err = (flash_attention(q, k, v, 0.125, fa).float() - sdpa_attention(q, k, v, 0.125).float()).abs().max().item()
-    except Exception as e:  # noqa: BLE001 - any failure of the extension means: do not use it
-        err, why = float("nan"), f"raised {type(e).__name__}: {e}"
-    else:
-        why = f"max abs difference {err:.2g}"
-    if not err <= tol:
+    want = sdpa_attention(q, k, v, 0.125).float()
+    ways = {"eager": lambda: flash_attention(q, k, v, 0.125, fa)}
+    if compile_fn is not None:
+        compiled = compile_fn(flash_attention, fullgraph=True)
+        ways["compiled"] = lambda: compiled(q, k, v, 0.125, fa)
+    errors, why = [], ""
+    for way, run in ways.items():
+        try:
+            errors.append((run().float() - want).abs().max().item())
+        except Exception as e:  # noqa: BLE001 - any failure of the extension means: do not use it
+            errors.append(float("nan"))
+            why = f"{way} raised {type(e).__name__}: {str(e)[:200]}"
+            break
+    what = f"{' and '.join(ways)}, ops {','.join(FA3_OPS) or 'none'}"
+    if not all(err <= tol for err in errors):
         flash_attn_func = None
-        return f"flash_attn_3: disagrees with SDPA ({why}, tolerance {tol}): falling back to SDPA"
-    return f"flash_attn_3: agrees with SDPA ({why})"
+        why = why or f"max abs difference {max(errors):.2g}"
+        return f"flash_attn_3: disagrees with SDPA ({what}: {why}, tolerance {tol}): falling back to SDPA"
+    return f"flash_attn_3: agrees with SDPA ({what}: max abs difference {max(errors):.2g})"
 
 
 class Matrix(NamedTuple):
@@ -543,20 +557,31 @@ def hessian_name(name: str) -> str:
     return f"{block}.{HESSIAN_OF[kind]}" if kind in HESSIAN_OF else name
 
 
+@contextlib.contextmanager
+def tf32_off():
+    """CUDA's TF32 matmuls off meanwhile (the run turns them on for training): their 10-bit products would cost GPTQ's
+    Hessians and its solve the accuracy they need."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 @torch.no_grad()
 def collect_hessians(model: nn.Module, batches, autocast) -> dict[str, torch.Tensor]:
     """Every block matrix input's and the head's Gram matrix (fp32, named by hessian_name), summed over the (x, y)
-    batches. TF32 is off meanwhile: its 10-bit products would cost the Hessian the accuracy that autocast did."""
-    hessians, tf32 = {}, torch.backends.cuda.matmul.allow_tf32
+    batches, with TF32 off."""
+    hessians = {}
     model.calibrating(hessians)
-    torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        for x, y in batches:
-            with autocast:
-                model(x, y)
+        with tf32_off():
+            for x, y in batches:
+                with autocast:
+                    model(x, y)
     finally:
         model.calibrating(None)
-        torch.backends.cuda.matmul.allow_tf32 = tf32
     return hessians
 
 
@@ -699,17 +724,25 @@ class GPT(nn.Module):
 
 # ------------------------------ test-time training
 # Score first, then adapt: each document (cut at BOS) is read chunk after chunk; a chunk's targets are scored with the
-# document's current adapters, then one Adam step on that chunk's loss moves them. The base weights never change;
-# every document starts from zero adapters, so a document's scores depend on nothing after them.
+# document's current adapters, then one Adam step on that chunk's loss moves them. The base weights never change
+# (except phased TTT's steps, after whole groups of scored documents); every document starts from zero adapters, so a
+# document's scores depend on nothing after them.
+# Bookkeeping on the host, math on the device: document boundaries, batches, windows and the deadline are Python ints
+# (the boundaries found once); only the tokens a forward reads, the masks of what it scores and the sums are device
+# tensors. (On a GPU a host tensor indexed by a device index raises: tests/devicecheck.py makes the CPU raise too.)
 
-def documents(tokens: torch.Tensor, bos: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(starts, lengths): a document is a BOS and the tokens before the next one; it predicts the tokens after its BOS
-    up to and including the next BOS (the last one: up to the end), so the documents hold every target exactly once."""
+DEADLINE_MARGIN = 1.25  # the deadline takes the time still to come as this much longer than the measured rates say
+
+
+def documents(tokens: torch.Tensor, bos: int) -> tuple[list[int], list[int]]:
+    """(starts, lengths), host ints: a document is a BOS and the tokens before the next one; it predicts the tokens
+    after its BOS up to and including the next BOS (the last one: up to the end), so the documents hold every target
+    exactly once. One device-to-host copy, wherever the tokens are."""
     n_targets = tokens.numel() - 1
-    starts = torch.nonzero(tokens[:-1] == bos).flatten()
-    if starts.numel() == 0 or starts[0] != 0:
-        starts = torch.cat([starts.new_zeros(1), starts])
-    return starts, torch.cat([starts[1:], starts.new_full((1,), n_targets)]) - starts
+    starts = torch.nonzero(tokens[:-1] == bos).flatten().tolist()
+    if not starts or starts[0] != 0:
+        starts = [0] + starts
+    return starts, [b - a for a, b in zip(starts, starts[1:] + [n_targets])]
 
 
 def adapted_names(model: nn.Module, kinds: list[str]) -> list[str]:
@@ -717,57 +750,58 @@ def adapted_names(model: nn.Module, kinds: list[str]) -> list[str]:
     return names + ["emb.weight"] * ("head" in kinds)
 
 
-def ttt_window(c: int, chunk: int, seq_len: int, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """What makes TTT legal, for chunk c of documents of these lengths (longest first): the window's positions in each
-    document, ending at the chunk's end (never at the document's end, which a later BOS sets), at most seq_len long;
-    and which of them are scored: the chunk's own targets, c*chunk.. up to the document's end. Every target of a
-    document is scored in exactly one chunk, before the adapters have seen it (they move after its chunk)."""
-    k = max(int((lengths > c * chunk).sum()), min(2, len(lengths)))  # at least 2 rows: a batch of 1 compiles anew
+def ttt_window(c: int, chunk: int, seq_len: int, lengths: list[int]) -> tuple[int, int, int]:
+    """What makes TTT legal, for chunk c of documents of these lengths (longest first): (rows, first, width): the
+    window reads positions first .. first + width - 1 of the first `rows` documents, ending at the chunk's end (never
+    at the document's end, which a later BOS sets), at most seq_len long; it scores the chunk's own targets, c*chunk ..
+    up to the document's end. Every target of a document is scored in exactly one chunk, before the adapters have seen
+    it (they move after its chunk). At least 2 rows: a batch of 1 compiles anew."""
+    rows = max(sum(n > c * chunk for n in lengths), min(2, len(lengths)))
     width = min((c + 1) * chunk, seq_len)
-    pos = ((c + 1) * chunk - width + torch.arange(width, device=lengths.device)).expand(k, -1)
-    return pos, (pos < lengths[:k, None]) & (pos >= c * chunk)
+    return rows, (c + 1) * chunk - width, width
 
 
 def window_work(lengths: list[int], chunk: int, seq_len: int) -> int:
-    """Window tokens (rows x width, summed over chunks) that a batch of documents of these lengths reads."""
-    lengths = torch.tensor(sorted(lengths, reverse=True))
-    return sum(ttt_window(c, chunk, seq_len, lengths)[0].numel() for c in range(-(-int(lengths[0]) // chunk)))
+    """Window tokens (rows x width, summed over chunks) that adapting documents of these lengths reads."""
+    lengths = sorted(lengths, reverse=True)
+    windows = (ttt_window(c, chunk, seq_len, lengths) for c in range(-(-lengths[0] // chunk)))
+    return sum(rows * width for rows, _, width in windows)
 
 
-def ttt_batch(fwd, tokens, starts, lengths, init: dict, luts, h, autocast, adapt: bool, per_target=None):
-    """Score one batch of documents chunk by chunk; with `adapt`, one Adam step on each chunk's loss after scoring it
-    (the non-finite guard drops a document's adaptation from its first non-finite score on, that chunk re-scored
-    without it). Returns the (nll, tokens, bytes) sums, the rows (in batch order) that lost their adaptation, and the
-    window tokens read."""
-    device, C = lengths.device, h.ttt_chunk
-    lora = {n: (a.expand(len(lengths), -1, -1).clone().requires_grad_(adapt),
-                torch.zeros(len(lengths), rows, h.ttt_rank, device=device, requires_grad=adapt))
+def ttt_batch(fwd, tokens, starts: list[int], lengths: list[int], init: dict, luts, h, autocast, per_target=None):
+    """Score one batch of documents (longest first) chunk by chunk, one Adam step on each chunk's loss after scoring it.
+    The non-finite guard drops a document's adaptation from its first non-finite score on, that chunk re-scored by the
+    base model (the forward-only graph). Returns the (nll, tokens, bytes) sums, the rows (in batch order) that lost
+    their adaptation, and the window tokens read. One host sync a chunk: whether a score was non-finite."""
+    device, C = tokens.device, h.ttt_chunk
+    starts_d, lengths_d = (torch.tensor(v, device=device) for v in (starts, lengths))
+    lora = {n: (a.expand(len(lengths), -1, -1).clone().requires_grad_(True),
+                torch.zeros(len(lengths), rows, h.ttt_rank, device=device, requires_grad=True))
             for n, (a, rows) in init.items()}
-    opt = torch.optim.Adam([t for pair in lora.values() for t in pair], lr=h.ttt_lr, betas=(0.9, 0.99)) if adapt else None
-    keep = torch.full((len(lengths),), adapt, dtype=torch.bool, device=device)
-    sums, work, n_chunks = torch.zeros(3, dtype=torch.float64, device=device), 0, -(-int(lengths[0]) // C)
+    opt = torch.optim.Adam([t for pair in lora.values() for t in pair], lr=h.ttt_lr, betas=(0.9, 0.99))
+    keep = torch.ones(len(lengths), dtype=torch.bool, device=device)
+    sums, work, n_chunks = torch.zeros(3, dtype=torch.float64, device=device), 0, -(-lengths[0] // C)
     for c in range(n_chunks):
-        pos, scored = ttt_window(c, C, h.eval_seq_len, lengths)
-        k = len(pos)
-        work += pos.numel()
-        idx = (starts[:k, None] + pos).clamp_max(tokens.numel() - 2)
+        k, first, width = ttt_window(c, C, h.eval_seq_len, lengths)
+        work += k * width
+        pos = first + torch.arange(width, device=device)
+        scored = (pos < lengths_d[:k, None]) & (pos >= c * C)
+        idx = (starts_d[:k, None] + pos).clamp_max(tokens.numel() - 2)
         x, y = tokens[idx].long(), tokens[idx + 1].long()
         adapters = batch_adapters({n: (a[:k], b[:k]) for n, (a, b) in lora.items()})
-        with torch.set_grad_enabled(adapt), autocast:
+        with torch.enable_grad(), autocast:
             nll = fwd(x, y, reduction="none", lora=adapters).float()
         nf = (~torch.where(scored, nll, 0).isfinite()).cumsum(1) > 0  # from its first non-finite score on
         ok = ~nf.any(1)
-        if adapt and not ok.all():  # re-score from there without adaptation
+        if not ok.all().item():  # re-score from there without adaptation
             keep[:k] &= ok
-            plain = batch_adapters({n: tuple(torch.where(ok[:, None, None], t, 0) for t in pair)
-                                    for n, pair in adapters.items()})
             with torch.no_grad(), autocast:
-                again = fwd(x, y, reduction="none", lora=plain).float()
+                again = fwd(x, y, reduction="none").float()
             nll = torch.where(nf, again, nll)
         sums += score_sums(nll.detach(), x, y, scored, luts)
         if per_target is not None:
             per_target.index_add_(1, idx[scored], torch.stack([nll[scored].detach(), torch.ones_like(nll[scored])]).double())
-        if not adapt or c == n_chunks - 1:
+        if c == n_chunks - 1:
             continue
         doc_loss = torch.where(scored, nll, 0).sum(1) / scored.sum(1).clamp_min(1)
         torch.where(keep[:k], doc_loss, 0).sum().backward()
@@ -777,64 +811,123 @@ def ttt_batch(fwd, tokens, starts, lengths, init: dict, luts, h, autocast, adapt
             for a, b in lora.values():
                 keep &= a.isfinite().flatten(1).all(1) & b.isfinite().flatten(1).all(1)
         zero_dropped(lora, keep)
-    return sums, (~keep).nonzero().flatten().cpu() if adapt else torch.zeros(0, dtype=torch.long), work
+    return sums, (~keep).nonzero().flatten().tolist(), work
 
 
-def ttt_batches(lengths: torch.Tensor, h, rank: int, world: int) -> list[list[torch.Tensor]]:
+def forward_rows(starts: list[int], lengths: list[int], chunk: int, seq_len: int) -> list[tuple[int, int, int]]:
+    """The windows that score these documents without adaptation exactly as TTT with TTT_LR=0 does (each target with
+    its chunk window's context), as few as that allows: (first token, width, first scored position) each. The chunks
+    whose windows start at the BOS (the first seq_len // chunk) share one window; each later chunk has its own, seq_len
+    tokens ending at the chunk's end (cut at the document's end)."""
+    rows, head = [], seq_len // chunk * chunk
+    for s, n in zip(starts, lengths):
+        rows.append((s, min(n, head), 0))
+        for c in range(head // chunk, -(-n // chunk)):
+            lo = (c + 1) * chunk - seq_len
+            rows.append((s + lo, min((c + 1) * chunk, n) - lo, c * chunk - lo))
+    return rows
+
+
+def forward_batches(rows: list[tuple[int, int, int]], max_tokens: int) -> list[list[tuple[int, int, int]]]:
+    """Rows, widest first, in batches of at most max_tokens (rows x the batch's width, or 3 rows); each batch at least
+    2 rows and never as many rows as its width (dynamo would give both one symbol and compile anew when they part):
+    padded with empty rows (width 0: nothing scored)."""
+    batches, rows = [], sorted(rows, key=lambda r: -r[1])
+    while rows:
+        width = max(2, rows[0][1])
+        n = max(1, max_tokens // width)
+        n -= n == width > 2 and len(rows) >= n  # one row less rather than one more than max_tokens
+        batch, rows = rows[:n], rows[n:]
+        while len(batch) < 2 or len(batch) == width:
+            batch.append((0, 0, 0))
+        batches.append(batch)
+    return batches
+
+
+def row_tokens(rows: list[tuple[int, int, int]]) -> int:
+    """The tokens these forward rows read (unpadded): the measure of forward-only work, as the rates count it."""
+    return sum(width for _, width, _ in rows)
+
+
+def score_forward(fwd, tokens, rows, luts, h, autocast, per_target=None) -> tuple[torch.Tensor, int]:
+    """Score the targets of forward_rows without adaptation, batch after batch of TTT_BATCH_DOCS x EVAL_SEQ_LEN
+    tokens: one forward each, no chunk loop, no host sync. Returns the (nll, tokens, bytes) sums and the window tokens
+    read."""
+    device, work = tokens.device, 0
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for batch in forward_batches(rows, h.ttt_batch_docs * h.eval_seq_len):
+        first, width, scored_from = (torch.tensor(v, device=device) for v in zip(*batch))
+        pos = torch.arange(max(2, batch[0][1]), device=device)
+        idx = (first[:, None] + pos).clamp_max(tokens.numel() - 2)
+        scored = (pos >= scored_from[:, None]) & (pos < width[:, None])
+        x, y = tokens[idx].long(), tokens[idx + 1].long()
+        with torch.no_grad(), autocast:
+            nll = fwd(x, y, reduction="none").float()
+        sums += score_sums(nll, x, y, scored, luts)
+        if per_target is not None:
+            per_target.index_add_(1, idx[scored], torch.stack([nll[scored], torch.ones_like(nll[scored])]).double())
+        work += idx.numel()
+    return sums, work
+
+
+def ttt_batches(lengths: list[int], h, rank: int, world: int) -> list[list[list[int]]]:
     """This rank's batches of document indices, per group: TTT_PHASES + 1 groups of documents in stream order (one
     without phases), each sorted longest first and dealt to the ranks in turn, then cut into TTT_BATCH_DOCS (a last
     batch of one joins the one before: a batch of one would compile another graph)."""
     groups = []
-    for group in torch.arange(len(lengths)).tensor_split(h.ttt_phases + 1):
-        order = group[torch.argsort(lengths[group], descending=True, stable=True)][rank::world]
-        batches = list(order.split(h.ttt_batch_docs))
+    for group in np.array_split(np.arange(len(lengths)), h.ttt_phases + 1):
+        order = sorted(group.tolist(), key=lambda d: -lengths[d])[rank::world]
+        batches = [order[i:i + h.ttt_batch_docs] for i in range(0, len(order), h.ttt_batch_docs)]
         if len(batches) > 1 and len(batches[-1]) == 1 < h.ttt_batch_docs:
-            batches[-2:] = [torch.cat(batches[-2:])]
+            batches[-2:] = [batches[-2] + batches[-1]]
         groups.append(batches)
     return groups
 
 
-def adapt_base(model: nn.Module, fwd, tokens: torch.Tensor, starts, lengths, h, autocast) -> bool:
+def adapt_base(model: nn.Module, fwd, tokens: torch.Tensor, starts: list[int], lengths: list[int], h, autocast) -> bool:
     """Phased TTT's step: one SGD step (TTT_PHASE_LR) on every block matrix over the targets of these documents,
     already scored on this rank, the gradient averaged over every rank's tokens (one all-reduce, on every rank even
     with no documents), then every row back to norm 1. A non-finite gradient or result leaves the weights as they
     were (False)."""
     mats, L, device = model.matrices(), h.eval_seq_len, tokens.device
     saved = [p.detach().clone() for p in mats]
-    spans = [torch.arange(int(s), int(s) + int(n), device=device) for s, n in zip(starts, lengths)]
-    idx = torch.cat(spans) if spans else torch.zeros(0, dtype=torch.long, device=device)
-    rows = max(2, -(-len(idx) // L))
+    spans = [torch.arange(s, s + n) for s, n in zip(starts, lengths)]  # host: bookkeeping
+    positions = torch.cat(spans) if spans else torch.zeros(0, dtype=torch.long)
+    rows = max(2, -(-len(positions) // L))
     rows += rows % h.ttt_batch_docs == 1 < h.ttt_batch_docs  # no micro-batch of one row: it would compile anew
-    pad = rows * L - len(idx)
-    mask = torch.cat([torch.ones(len(idx), device=device), torch.zeros(pad, device=device)]).view(rows, L)
-    idx = torch.cat([idx, idx.new_zeros(pad)]).view(rows, L)
+    idx = torch.cat([positions, positions.new_zeros(rows * L - len(positions))]).view(rows, L).to(device)
+    mask = (torch.arange(rows * L, device=device) < len(positions)).view(rows, L)
     for p in mats:
         p.requires_grad_(True)
     for b in range(0, rows, h.ttt_batch_docs):
         x, y = tokens[idx[b:b + h.ttt_batch_docs]].long(), tokens[idx[b:b + h.ttt_batch_docs] + 1].long()
-        m = mask[b:b + h.ttt_batch_docs]
         with autocast:
             nll = fwd(x, y, reduction="none").float()
-        (torch.where(m > 0, nll, 0).sum()).backward()
+        torch.where(mask[b:b + h.ttt_batch_docs], nll, 0).sum().backward()
     flat = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros_like(p).flatten() for p in mats]
-                     + [mask.sum().view(1)])
+                     + [mask.sum().view(1).float()])
     for p in mats:
         p.requires_grad_(False)
         p.grad = None
     if dist.is_initialized():
         dist.all_reduce(flat)
-    ok = bool(flat.isfinite().all()) and flat[-1] > 0
+    ok = bool(flat.isfinite().all().item()) and flat[-1].item() > 0
     if ok:
         with torch.no_grad():
             for p, grad in zip(mats, (flat[:-1] / flat[-1]).split([p.numel() for p in mats])):
                 p.sub_(grad.view_as(p), alpha=h.ttt_phase_lr)
             model.renorm_()
-            ok = all(bool(p.isfinite().all()) for p in mats)
+            ok = all(bool(p.isfinite().all().item()) for p in mats)
     if not ok:
-        with torch.no_grad():
-            for p, q in zip(mats, saved):
-                p.copy_(q)
+        restore(mats, saved)
     return ok
+
+
+@torch.no_grad()
+def restore(params: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
+    """Each parameter back to its saved copy."""
+    for p, q in zip(params, saved):
+        p.copy_(q)
 
 
 def initial_adapters(model: nn.Module, h, device) -> dict:
@@ -846,11 +939,113 @@ def initial_adapters(model: nn.Module, h, device) -> dict:
                 params[n].size(0)) for n in adapted_names(model, h.ttt_targets.split(","))}
 
 
-def past_deadline(work: list[int], i: int, elapsed: float, now: float, deadline: float) -> bool:
-    """Whether adapting batch i (work: window tokens per batch) would leave the batches after it unable to finish by
-    the deadline, at the adapted throughput so far and forward-only batches 3x as fast."""
-    rate = sum(work[:i]) / elapsed
-    return now + work[i] / rate + sum(work[i + 1:]) / (3 * rate) > deadline
+class Rates(NamedTuple):
+    """TTT's measured throughputs, window tokens per second on this rank: adapting, and forward only."""
+    adapted: float
+    forward: float
+
+
+def past_deadline(now: float, deadline: float, adapt_s: float, forward_s: float) -> bool:
+    """Whether adapting the next batch (adapt_s) and then scoring every document after it forward only (forward_s),
+    each DEADLINE_MARGIN times as long, would end past the deadline."""
+    return now + DEADLINE_MARGIN * (adapt_s + forward_s) > deadline
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module):
+    """The model's parameters without gradients meanwhile (TTT trains adapters, not weights), as they were after."""
+    grads = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, g in zip(model.parameters(), grads):
+            p.requires_grad_(g)
+
+
+def evaluate_ttt(model: nn.Module, tokens: torch.Tensor, luts, h, bos: int, autocast, fwd=None,
+                 per_target: torch.Tensor | None = None, deadline: float | None = None, rates: Rates | None = None,
+                 clock=time.perf_counter) -> tuple[float, float, dict]:
+    """(val_loss, val_bpb, info) with test-time training. Each rank scores its batches (ttt_batches) with ttt_batch:
+    a rank-TTT_RANK adapter per matrix in TTT_TARGETS, fresh for every document. With TTT_PHASES, after every group
+    but the last, the base weights take a phase_step over the group's documents (all scored by then; later groups lie
+    after them in the stream), and the next group starts from them; the base weights are restored at the end.
+    With a deadline (a `clock` time), from the first batch past_deadline finds too late to adapt (at the adapted
+    rate measured so far, first the warm-up's, and the warm-up's forward-only rate: `rates`), every document left is
+    scored forward only (score_forward: the TTT_LR=0 scores in a few batched forwards), and no more phase steps run.
+    info: docs, tokens, bytes, nonfinite (documents that lost their adaptation), unadapted (by the deadline),
+    deadline_at (seconds into this pass when this rank's deadline struck), phase_steps (taken), window_tokens and
+    forward_tokens (this rank's work, adapted and forward only), longest_batch_s (this rank's longest adapted batch:
+    how far past the deadline the pass may end). per_target (2, N-1), on the tokens' device, if given, gets each
+    target's nll and count (one rank: the tests)."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if deadline is not None and rates is None:
+        raise ValueError("a deadline needs the measured TTT rates (ttt_warm_up)")
+    device, t0 = tokens.device, clock()
+    starts, lengths = documents(tokens, bos)
+    init = initial_adapters(model, h, device)
+    groups = ttt_batches(lengths, h, rank, world)
+    work, later = deadline_measures([docs for group in groups for docs in group], starts, lengths, h)
+    sums, bad, unadapted, at = torch.zeros(3, dtype=torch.float64, device=device), [], [], None
+    base = [p.detach().clone() for p in model.matrices()] if h.ttt_phases else []
+    fwd, i, steps, done, longest = model if fwd is None else fwd, 0, 0, 0, 0.0
+    with frozen(model):
+        for g, group in enumerate(groups):
+            for docs in group:
+                now = clock()
+                if at is None and deadline is not None:
+                    rate = sum(work[:i]) / (now - t0) if i > 0 else rates.adapted
+                    if past_deadline(now, deadline, work[i] / rate, later[i] / rates.forward):
+                        at = now - t0
+                if at is None:
+                    s, dropped, _ = ttt_batch(fwd, tokens, *spans(docs, starts, lengths), init, luts, h, autocast,
+                                              per_target)
+                    sums += s
+                    bad += [docs[r] for r in dropped]
+                    done += work[i]
+                    longest = max(longest, clock() - now)
+                else:
+                    unadapted += docs
+                i += 1
+            if g < len(groups) - 1:
+                mine = [d for docs in group for d in docs]
+                steps += phase_step(model, fwd, tokens, *spans(mine, starts, lengths), at is not None, h, autocast)
+        rows = forward_rows(*spans(unadapted, starts, lengths), h.ttt_chunk, h.eval_seq_len)
+        s, forward_tokens = score_forward(fwd, tokens, rows, luts, h, autocast, per_target)
+        sums += s
+        restore(model.matrices(), base)
+    if world > 1:
+        dist.all_reduce(sums)
+        bad, unadapted, at = all_ranks(bad, unadapted, at, world)
+    loss = (sums[0] / sums[1]).item()
+    info = dict(docs=len(starts), tokens=int(sums[1].item()), bytes=int(sums[2].item()), nonfinite=sorted(bad),
+                unadapted=sorted(unadapted), deadline_at=at, phase_steps=steps, window_tokens=done,
+                forward_tokens=forward_tokens, longest_batch_s=longest)
+    return loss, loss / math.log(2) * (sums[1] / sums[2]).item(), info
+
+
+def spans(docs: list[int], starts: list[int], lengths: list[int]) -> tuple[list[int], list[int]]:
+    """The starts and the lengths of these documents."""
+    return [starts[d] for d in docs], [lengths[d] for d in docs]
+
+
+def deadline_measures(batches: list[list[int]], starts: list[int], lengths: list[int], h) -> tuple[list, list]:
+    """What the deadline weighs, per batch: the window tokens adapting it reads, and the tokens that scoring every
+    batch after it forward only reads."""
+    work = [window_work([lengths[d] for d in docs], h.ttt_chunk, h.eval_seq_len) for docs in batches]
+    rows = [row_tokens(forward_rows(*spans(docs, starts, lengths), h.ttt_chunk, h.eval_seq_len)) for docs in batches]
+    return work, [sum(rows[i + 1:]) for i in range(len(rows))]
+
+
+def phase_step(model: nn.Module, fwd, tokens, starts: list[int], lengths: list[int], late: bool, h, autocast) -> int:
+    """After a group of documents: phased TTT's base-weight step (adapt_base) over them, on every rank together, none
+    once any rank's deadline has struck (one all-reduce). Returns the steps taken (0 or 1)."""
+    flag = torch.tensor(float(late), device=tokens.device)
+    if dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() or h.ttt_phase_lr == 0:
+        return 0
+    return int(adapt_base(model, fwd, tokens, starts, lengths, h, autocast))
 
 
 def all_ranks(bad: list, unadapted: list, at: float | None, world: int) -> tuple[list, list, float | None]:
@@ -861,63 +1056,40 @@ def all_ranks(bad: list, unadapted: list, at: float | None, world: int) -> tuple
             min((part[2] for part in gathered if part[2] is not None), default=None))
 
 
-def evaluate_ttt(model: nn.Module, tokens: torch.Tensor, luts, h, bos: int, autocast, fwd=None,
-                 per_target: torch.Tensor | None = None, deadline: float | None = None,
-                 clock=time.perf_counter) -> tuple[float, float, dict]:
-    """(val_loss, val_bpb, info) with test-time training. Each rank scores its batches (ttt_batches) with ttt_batch:
-    a rank-TTT_RANK adapter per matrix in TTT_TARGETS, fresh for every document. With TTT_PHASES, after every group
-    but the last, the base weights take one adapt_base step over the group's documents (all scored by then; every
-    later group lies after them in the stream, so no score depends on a later token), and the next group starts
-    from them; the base weights are restored at the end. With a deadline (time.perf_counter() seconds), from the
-    first batch whose adaptation would leave the rest of this rank's documents unable to finish by it (at the
-    throughput measured so far, forward-only at 3x), every document left is scored without adaptation (forward
-    only, every target still scored once), and no more phase steps are taken (decided on every rank together).
-    info: docs, tokens, bytes, nonfinite (documents that lost their adaptation), unadapted (by the deadline),
-    deadline_at (seconds from the start of this pass at which this rank's first batch went unadapted), phase_steps
-    (taken, non-finite ones skipped), window_tokens (this rank's work). per_target (2, N-1), if given, gets each
-    target's nll and count (one rank: the tests); clock stands in for time.perf_counter (the tests)."""
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    device, t0 = luts[0].device, clock()
+def warm_up_documents(h, world: int, vocab_size: int, bos: int, gen: torch.Generator) -> torch.Tensor:
+    """Random tokens (host) cut into documents of every length from TTT_CHUNK / 2 to EVAL_SEQ_LEN + TTT_CHUNK, enough
+    for two batches per rank: the shapes TTT meets, without reading a validation token."""
+    n = 2 * world * h.ttt_batch_docs + 2
+    lengths = torch.linspace(h.ttt_chunk // 2, h.eval_seq_len + h.ttt_chunk, n).long()
+    tokens = torch.randint(0, vocab_size, (int(lengths.sum().item()) + 1,), generator=gen)
+    tokens[torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])] = bos
+    return tokens
+
+
+def ttt_warm_up(model: nn.Module, fwd, tokens: torch.Tensor, luts, h, bos: int, autocast, sync) -> Rates:
+    """Compile TTT's graphs on `tokens` (warm_up_documents: never validation tokens) and measure its rates: one batch
+    of the longest documents adapted, then every document forward only, twice each (the first compiles, the second is
+    timed, `sync` before each reading of the clock). With TTT_PHASES, the base-weight step's graph too (undone)."""
     starts, lengths = documents(tokens, bos)
-    init = initial_adapters(model, h, device)
-    groups = ttt_batches(lengths, h, rank, world)
-    batches = [docs for group in groups for docs in group]
-    work = [window_work(lengths[d].tolist(), h.ttt_chunk, h.eval_seq_len) for d in batches]
-    sums, bad, unadapted, adapt, at = torch.zeros(3, dtype=torch.float64, device=device), [], [], True, None
-    grads = [p.requires_grad for p in model.parameters()]
-    base = [p.detach().clone() for p in model.matrices()] if h.ttt_phases else []
-    model.requires_grad_(False)
-    fwd, i, steps = model if fwd is None else fwd, 0, 0
-    for g, group in enumerate(groups):
-        for docs in group:
-            now = clock()
-            if adapt and deadline is not None and i > 0 and past_deadline(work, i, now - t0, now, deadline):
-                adapt, at = False, now - t0
-            s, dropped, _ = ttt_batch(fwd, tokens, starts[docs].to(device), lengths[docs].to(device), init, luts, h,
-                                      autocast, adapt, per_target)
-            sums += s
-            bad += docs[dropped].tolist()
-            unadapted += [] if adapt else docs.tolist()
-            i += 1
-        if g < len(groups) - 1:
-            late = torch.tensor(float(not adapt), device=device)
-            if world > 1:
-                dist.all_reduce(late, op=dist.ReduceOp.MAX)
-            if late.item() == 0 and h.ttt_phase_lr > 0:
-                mine = torch.cat(group) if group else torch.zeros(0, dtype=torch.long)
-                steps += adapt_base(model, fwd, tokens, starts[mine], lengths[mine], h, autocast)
-    with torch.no_grad():
-        for p, q in zip(model.matrices(), base):
-            p.copy_(q)
-    for p, g in zip(model.parameters(), grads):
-        p.requires_grad_(g)
-    if world > 1:
-        dist.all_reduce(sums)
-        bad, unadapted, at = all_ranks(bad, unadapted, at, world)
-    loss = (sums[0] / sums[1]).item()
-    info = dict(docs=len(starts), tokens=int(sums[1].item()), bytes=int(sums[2].item()), nonfinite=sorted(bad),
-                unadapted=sorted(unadapted), deadline_at=at, phase_steps=steps, window_tokens=sum(work))
-    return loss, loss / math.log(2) * (sums[1] / sums[2]).item(), info
+    init = initial_adapters(model, h, tokens.device)
+    longest = sorted(range(len(starts)), key=lambda d: -lengths[d])[:max(2, h.ttt_batch_docs)]
+    batch = [starts[d] for d in longest], [lengths[d] for d in longest]
+    rows = forward_rows(starts, lengths, h.ttt_chunk, h.eval_seq_len)
+    with frozen(model):
+        for _ in range(2):
+            sync()
+            t0 = time.perf_counter()
+            work = ttt_batch(fwd, tokens, *batch, init, luts, h, autocast)[2]
+            sync()
+            t1 = time.perf_counter()
+            score_forward(fwd, tokens, rows, luts, h, autocast)
+            sync()
+            t2 = time.perf_counter()
+        if h.ttt_phases:  # its weight gradients are a graph of their own
+            saved = [p.detach().clone() for p in model.matrices()]
+            adapt_base(model, fwd, tokens, starts, lengths, h, autocast)
+            restore(model.matrices(), saved)
+    return Rates(work / (t1 - t0), row_tokens(rows) / (t2 - t1))
 
 
 def batch_adapters(lora: dict) -> dict:
@@ -938,6 +1110,7 @@ def zero_dropped(lora: dict, keep: torch.Tensor) -> None:
     for pair in lora.values():
         for t in pair:
             t.copy_(torch.where(keep[:, None, None], t, 0))
+
 
 # ------------------------------ export
 # final_model.ptz = ARTIFACT_MAGIC, then frames, each after its 4-byte little-endian length: a zstd JSON header
@@ -967,7 +1140,7 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float, tries: int = 3) -
         L, info = torch.linalg.cholesky_ex(H + damp * H.diagonal().mean() * torch.eye(len(H), dtype=H.dtype, device=H.device))
         if info.item() == 0:
             U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
-            if info.item() == 0 and bool(U.isfinite().all()):
+            if info.item() == 0 and U.isfinite().all().item():
                 return U, damp
         damp *= 10
     return None, damp / 10
@@ -1023,18 +1196,19 @@ def quantize_matrix(w: torch.Tensor, lam: float, kind: str, hessian: torch.Tenso
 def quantized_tensors(model: GPT, h, lam: float, hessians: dict | None, fallbacks: dict | None = None) -> list:
     """[(name, role, array)] in artifact order, grouped by kind of matrix: step lam x row RMS for block matrices,
     EMBED_STEP_RATIO x lam for the embedding; GPTQ given Hessians (named by hessian_name), else round to nearest.
-    Matrices whose GPTQ needed more damping or fell back to rounding land in `fallbacks` {name: how}."""
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    Matrices whose GPTQ needed more damping or fell back to rounding land in `fallbacks` {name: how}. On the model's
+    device, the Hessians moved there if they are elsewhere; TF32 off."""
     named, out = dict(model.named_parameters()), []
     blocks = [(f"blocks.{i}.{kind}", kind) for kind in MATRIX_KINDS for i in range(len(model.blocks))]
     for name, kind in blocks + [("emb.weight", "emb")]:
-        w = named[name].detach().to(dev).float()
+        w = named[name].detach().float()
         free = kind == "emb" or model.approx  # rows whose norm matters keep their steps
         if not free:
             w = F.normalize(w, dim=-1)  # what the forward uses (SPHERE_OPT=wn stores free rows)
         ratio = h.embed_step_ratio if kind == "emb" else 1.0
-        q, step, how = quantize_matrix(w, lam * ratio, kind, None if hessians is None else hessians[hessian_name(name)],
-                                       h.gptq_damp)
+        hessian = None if hessians is None else hessians[hessian_name(name)].to(w.device)
+        with tf32_off():
+            q, step, how = quantize_matrix(w, lam * ratio, kind, hessian, h.gptq_damp)
         if how and fallbacks is not None:
             fallbacks[name] = how
         out.append((name, "rows" if free else "unit", q.cpu().numpy()))
@@ -1357,7 +1531,7 @@ class Run:
         self.log(f"python:{sys.version.split()[0]} torch:{torch.__version__}")
         self.log(f"hardware:{world}x {torch.cuda.get_device_name(device) if cuda else 'cpu'}")
         if cuda and flash_attn_func is not None:
-            self.log(check_flash_attention(device))
+            self.log(check_flash_attention(device, self.compile if h.compile else None))
         self.log(f"world_size:{world} grad_accum_steps:{self.accum} flash_attn_3:{flash_attn_func is not None and cuda}")
         self.log(f"numerics: autocast:{'bf16' if gpu_like(h, device) else 'off'} "
                  f"compile:{h.compile_backend if h.compile and gpu_like(h, device) else 'off'}")
@@ -1441,6 +1615,8 @@ class Run:
     def warm_up(self, train_files: list[str]) -> None:
         """Compile and warm up on WARMUP_STEPS steps, then restore the initial weights and optimizer state."""
         h, model = self.h, self.model
+        self.sync()
+        t0 = time.perf_counter()
         initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in self.optimizers]
         stream = TokenStream(train_files, h.vocab_size, pin=self.cuda)
         for step in range(h.warmup_steps):
@@ -1448,7 +1624,9 @@ class Run:
         model.load_state_dict(initial[0])
         for opt, state in zip(self.optimizers, initial[1]):
             opt.load_state_dict(state)
-        self.log(f"warmup_steps:{h.warmup_steps} done, weights and optimizer state restored")
+        self.sync()
+        self.log(f"warmup_steps:{h.warmup_steps} done, weights and optimizer state restored "
+                 f"warmup_time:{1000 * (time.perf_counter() - t0):.0f}ms (compiles + warm-up steps, before the clock)")
 
     def train(self, train_files: list[str]) -> tuple[TokenStream, float, float, float]:
         """Train until ITERATIONS or the wall clock; returns the stream (calibration reads on from it), the training
@@ -1558,31 +1736,19 @@ class Run:
                      "this run cannot be submitted")
         return total
 
-    def warm_up_eval(self, fwd) -> None:
-        """Compile (and run once) every graph the scoring will use, on random tokens, before the evaluation clock: no
+    def warm_up_eval(self, fwd) -> Rates | None:
+        """Compile (and run) every graph the scoring will use, on random tokens, before the evaluation clock: no
         validation token is read (#1530 was flagged for warming up on them). TTT: documents of every length up to
-        EVAL_SEQ_LEN + TTT_CHUNK, batches adapted and forward-only (the deadline's path); the adapters are thrown away
-        and the base weights are never trained. The sliding window, when it will run: its batch shape."""
-        h = self.h
+        EVAL_SEQ_LEN + TTT_CHUNK, adapted and forward only (the deadline's path and the non-finite re-score), timed
+        on a second pass: the rates the deadline plans with; the adapters are thrown away, the base weights never
+        trained. The sliding window, when it will run: its batch shape."""
+        h, rates = self.h, None
         self.sync()
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(12345 + self.rank)
         if h.ttt:
-            n = 2 * self.world * h.ttt_batch_docs + 2
-            lengths = torch.linspace(h.ttt_chunk // 2, h.eval_seq_len + h.ttt_chunk, n).long()
-            tokens = torch.randint(0, h.vocab_size, (int(lengths.sum()) + 1,), generator=g)
-            tokens[torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])] = self.bos
-            # the first batch adapts, the later ones are past a deadline: both graphs compile now
-            tokens = tokens.to(self.device)
-            evaluate_ttt(self.model, tokens, self.luts, h, self.bos, self.autocast, fwd, deadline=time.perf_counter())
-            if h.ttt_phases:  # phased TTT's base-weight step (weight gradients: its own graph), then undone
-                base = [p.detach().clone() for p in self.model.matrices()]
-                self.model.requires_grad_(False)
-                adapt_base(self.model, fwd, tokens, *documents(tokens, self.bos), h, self.autocast)
-                self.model.requires_grad_(True)
-                with torch.no_grad():
-                    for p, q in zip(self.model.matrices(), base):
-                        p.copy_(q)
+            tokens = warm_up_documents(h, self.world, h.vocab_size, self.bos, g).to(self.device)
+            rates = ttt_warm_up(self.model, fwd, tokens, self.luts, h, self.bos, self.autocast, self.sync)
         if self.sliding:
             n = (self.world * h.eval_batch_seqs + 1) * h.eval_stride + h.eval_seq_len + 1
             self.val(h.eval_stride, h.eval_batch_seqs, h.eval_seq_len,
@@ -1590,6 +1756,9 @@ class Run:
         self.sync()
         self.log(f"{'ttt' if h.ttt else 'eval'}_warmup_time:{1000 * (time.perf_counter() - t0):.0f}ms "
                  "(random tokens, before the evaluation clock)")
+        if rates:
+            self.log(f"ttt_rates adapted:{rates.adapted:.0f} forward_only:{rates.forward:.0f} window tokens/s per rank")
+        return rates
 
     def score(self, path: str, pre_bpb: float) -> None:
         """The score comes from the file alone: poison every weight, load all of them from it, then evaluate. The
@@ -1597,7 +1766,7 @@ class Run:
         after the warm-up. With TTT the scored pass is TTT alone (EVAL_SLIDING=1 adds the sliding window)."""
         h = self.h
         fwd = self.compile(self.model, dynamic=True, fullgraph=True) if h.ttt else None
-        self.warm_up_eval(fwd)
+        rates = self.warm_up_eval(fwd)
         graphs = compiled_graphs()
         self.sync()
         t_eval = time.perf_counter()
@@ -1629,7 +1798,7 @@ class Run:
                 base_bpb, base = self.score_sliding(), "sliding"
         self.log_peak_memory("eval")
         if h.ttt:
-            self.score_ttt(fwd, base_bpb, base, t_eval)
+            self.score_ttt(fwd, rates, base_bpb, base, t_eval)
             self.log_peak_memory("ttt")
         self.log(f"eval_phase_time:{1000 * (time.perf_counter() - t_eval):.0f}ms")
         self.log(f"eval_phase_compiles:{compiled_graphs() - graphs}" + (" (graphs compiled inside the evaluation clock: "
@@ -1645,7 +1814,7 @@ class Run:
         self.log(f"final_roundtrip_exact val_loss:{s_loss:.8f} val_bpb:{s_bpb:.8f}")
         return s_bpb
 
-    def score_ttt(self, fwd, base_bpb: float, base: str, t_eval: float) -> None:
+    def score_ttt(self, fwd, rates: Rates, base_bpb: float, base: str, t_eval: float) -> None:
         """The score with test-time training (the run's final score) and its gain over the plain (or sliding) score
         of the same weights; its time and that time scaled to the full validation split (FULL_VAL_TOKENS) on 8
         devices like this one; the documents the deadline left unadapted."""
@@ -1654,7 +1823,7 @@ class Run:
         t0 = time.perf_counter()
         deadline = t_eval + h.eval_budget_seconds if h.eval_budget_seconds > 0 else None
         loss, bpb, info = evaluate_ttt(self.model, self.val_tokens, self.luts, h, self.bos, self.autocast, fwd,
-                                       deadline=deadline)
+                                       deadline=deadline, rates=rates)
         self.sync()
         ms = 1000 * (time.perf_counter() - t0)
         self.log(f"final_ttt_roundtrip val_loss:{loss:.4f} val_bpb:{bpb:.4f} eval_time:{ms:.0f}ms")
@@ -1668,6 +1837,7 @@ class Run:
         self.log(f"ttt_nonfinite_docs:{len(bad)}" + (f" first:{','.join(map(str, bad[:20]))}" if bad else ""))
         if late:
             self.log(f"ttt_deadline docs_unadapted:{len(late)} at:{t0 - t_eval + info['deadline_at']:.1f}s "
+                     f"forward_only_tokens:{info['forward_tokens']} longest_adapted_batch:{info['longest_batch_s']:.1f}s "
                      f"first:{','.join(map(str, late[:20]))}")
 
     def close(self) -> None:

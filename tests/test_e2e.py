@@ -95,11 +95,12 @@ CASES = {
     "diverged": ({"EMBED_LR": "1e30"}, 2, ["training diverged"]),
 }
 DETERMINISM = {"same_seed_a": ({"SEED": "7"}, 1, None), "same_seed_b": ({"SEED": "7"}, 1, None)}
+BUDGET_S = 1.5  # an evaluation deadline below TTT's need (about 2 s here alone, more beside the other cases)
 # every recipe option away from its default at once, on 2 ranks, with the RTN export filling a byte target and an
 # evaluation deadline far too short (each part has its own test below)
 OPTIONS = {"options": ({"SPHERE_OPT": "wn", "MUON_WD": "0.04", "LEAKY_SLOPE": "0.5", "MUON_MOMENTUM_WARMUP_STEPS": "5",
                         "QK_GAIN_INIT": "5", "ROPE_DIMS": "8", "QUANT_METHOD": "rtn", "TARGET_BYTES_PER_PARAM": "0.5",
-                        "EVAL_BUDGET_SECONDS": "0.001", "TTT_BATCH_DOCS": "2"}, 2, None)}
+                        "EVAL_BUDGET_SECONDS": str(BUDGET_S), "TTT_BATCH_DOCS": "2"}, 2, None)}
 
 
 def free_port():
@@ -192,13 +193,22 @@ def test_every_recipe_option_runs_on_two_ranks(launched):
 
 
 def test_evaluation_deadline_on_two_ranks(launched, tiny_shards):
-    """EVAL_BUDGET_SECONDS far too small: both ranks finish (no collective waits on another rank's decision), the
-    log names the documents scored without adaptation, and every validation target is still scored once."""
+    """EVAL_BUDGET_SECONDS below TTT's need: both ranks finish (no collective waits on another rank's decision), the
+    log names the documents scored without adaptation, and every validation target is still scored once. Past the
+    deadline only the forward-only path runs: the evaluation phase ends within the time it struck plus the forward-
+    only tokens at the warm-up's measured rate (with slack for this crowded CPU: the fixture runs 8 cases on 2 cores,
+    so the budget itself cannot be held here when scoring everything forward only takes longer; tests/test_ttt.py
+    shows the pass ending within the budget plus one adapted batch on a clock that follows the rates)."""
     run = launched["options"]
     assert run.codes == [0, 0], run.err[0][-3000:] + run.err[1][-3000:]
     log = (run.cwd / "logs" / "options.txt").read_text()
-    late = re.search(r"(?m)^ttt_deadline docs_unadapted:(\d+) at:\d+\.\ds first:[\d,]+$", log)
-    assert late and 0 < int(late.group(1)) < TINY_VAL_DOCS
+    late = re.search(r"(?m)^ttt_deadline docs_unadapted:(\d+) at:(\d+\.\d)s forward_only_tokens:(\d+) "
+                     r"longest_adapted_batch:(\d+\.\d)s first:[\d,]+$", log)
+    forward_rate = float(re.search(r"(?m)^ttt_rates adapted:\d+ forward_only:(\d+) ", log).group(1))
+    phase_s = int(re.search(r"(?m)^eval_phase_time:(\d+)ms$", log).group(1)) / 1000
+    print(late.group(0), f"eval_phase_time {phase_s:.2f} s, budget {BUDGET_S} s, forward rate {forward_rate:.0f}/s")
+    assert late and 0 < int(late.group(1)) <= TINY_VAL_DOCS
+    assert phase_s <= float(late.group(2)) + 3 * int(late.group(3)) / forward_rate + 2.0
     gain = re.search(r"(?m)^ttt gain_bpb:\S+ vs:plain docs:(\d+) tokens:(\d+) ", log)
     n_targets = load_tokens(f"{tiny_shards.data_path}/fineweb_val_*.bin").numel() - 1
     assert int(gain.group(1)) == TINY_VAL_DOCS and int(gain.group(2)) == n_targets

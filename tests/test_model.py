@@ -101,18 +101,20 @@ def test_flash_attention_3_only_when_it_registers_torch_ops():
     """An FA3 build without its torch ops would break torch.compile's full graph: the script must fall back to SDPA."""
     probe = """
 import sys, types, torch
-if sys.argv[1] == "registered":
-    @torch.library.custom_op("flash_attn_3::_flash_attn_forward", mutates_args=())
+if sys.argv[1] != "old":  # the Python interface's custom op, or only the C++ op it calls
+    op = "_flash_attn_forward" if sys.argv[1] == "registered" else "fwd"
+    @torch.library.custom_op(f"flash_attn_3::{op}", mutates_args=())
     def fwd(x: torch.Tensor) -> torch.Tensor:
         return x.clone()
 fake = types.ModuleType("flash_attn_interface")
 fake.flash_attn_func = print
 sys.modules["flash_attn_interface"] = fake
 import train_gpt
-print(train_gpt.flash_attn_func is print)
+print(train_gpt.flash_attn_func is print, train_gpt.FA3_OPS)
 """
     root = Path(__file__).resolve().parents[1]
-    for mode, expected in (("old", "False"), ("registered", "True")):
+    for mode, expected in (("old", "False []"), ("registered", "True ['_flash_attn_forward']"),
+                           ("cpp_only", "True ['fwd']")):
         out = subprocess.run([sys.executable, "-c", probe, mode], capture_output=True, text=True, cwd=root)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == expected, mode

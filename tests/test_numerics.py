@@ -126,6 +126,30 @@ def test_ttt_compiles_one_graph_for_every_batch_and_width():
     assert loss == pytest.approx(eager, rel=1e-3)
 
 
+def test_nothing_compiles_after_the_warm_up_whatever_the_pass_meets():
+    """The warm-up (random tokens, before the evaluation clock) compiles every graph TTT uses: a pass that then meets
+    non-finite scores (their re-score), phase steps and a deadline (every document forward only) compiles nothing
+    more. Before, the re-score's adapters were built under grad and called under no_grad: dynamo recompiled
+    ("requires_grad mismatch") inside the evaluation clock, minutes at full depth."""
+    import test_ttt as tt
+    h, model = tt.tiny(TTT_BATCH_DOCS=2, TTT_PHASES=2, TTT_PHASE_LR=0.05)
+    graphs, autocast = [], torch.autocast(**BF16)
+    torch._dynamo.reset()
+    fwd = torch.compile(model, backend=counting_backend(graphs), dynamic=True, fullgraph=True)
+    warm = train_gpt.warm_up_documents(h, 1, tt.VOCAB, tt.BOS, torch.Generator().manual_seed(0))
+    rates = train_gpt.ttt_warm_up(model, fwd, warm, tt.luts(), h, tt.BOS, autocast, lambda: None)
+    compiled = len(graphs)
+    print(f"{compiled} graphs in the warm-up; rates {rates}")
+    assert compiled == 3  # adapted, forward only (and the re-score), the phase step
+    tokens = tt.stream(n=1500)
+    h.ttt_lr = 1e30
+    info = evaluate_ttt(model, tokens, tt.luts(), h, tt.BOS, autocast, fwd)[2]
+    assert info["nonfinite"] and info["phase_steps"] == 2
+    info = evaluate_ttt(model, tokens, tt.luts(), h, tt.BOS, autocast, fwd, deadline=-1.0, rates=rates)[2]
+    assert len(info["unadapted"]) == info["docs"] and info["phase_steps"] == 0
+    assert len(graphs) == compiled
+
+
 def test_compiled_matches_eager_under_autocast():
     """Inductor (the GPU's compiler; here its CPU code) against eager, both under bf16 autocast, against an fp64
     reference: the loss and every gradient no further from fp64 compiled than eager (the opaque normalize's reason to
@@ -176,8 +200,20 @@ def test_flash_attention_that_disagrees_falls_back(monkeypatch):
     def raises(*a, **k):
         raise RuntimeError("no kernel image")
     monkeypatch.setattr(train_gpt, "flash_attn_func", raises)
-    assert "raised RuntimeError: no kernel image" in train_gpt.check_flash_attention("cpu")
+    assert "eager raised RuntimeError: no kernel image" in train_gpt.check_flash_attention("cpu")
     assert train_gpt.flash_attn_func is None
+
+    # a build that runs eagerly but that torch.compile cannot trace (a graph break under fullgraph=True)
+    def untraceable(q, k, v, softmax_scale, causal):
+        torch._dynamo.graph_break()
+        return train_gpt.sdpa_attention(q, k, v, softmax_scale)
+    monkeypatch.setattr(train_gpt, "flash_attn_func", untraceable)
+    torch._dynamo.reset()
+    line = train_gpt.check_flash_attention("cpu", lambda fn, **kw: torch.compile(fn, backend="eager", **kw))
+    assert "compiled raised" in line and "falling back to SDPA" in line and train_gpt.flash_attn_func is None
+    monkeypatch.setattr(train_gpt, "flash_attn_func", untraceable)
+    line = train_gpt.check_flash_attention("cpu")  # without compile_fn: only the eager check
+    assert line.startswith("flash_attn_3: agrees with SDPA (eager, ops") and train_gpt.flash_attn_func is untraceable
 
 
 def test_requirements_floor_admits_only_a_torch_with_the_gpu_path():

@@ -52,14 +52,14 @@ def test_documents_cover_every_target_once():
     tokens = stream()
     starts, lengths = documents(tokens, BOS)
     covered = torch.zeros(tokens.numel() - 1, dtype=torch.long)
-    for s, m in zip(starts.tolist(), lengths.tolist()):
+    for s, m in zip(starts, lengths):
         assert tokens[s] == BOS and m >= 1
         covered[s:s + m] += 1
     assert (covered == 1).all()
     no_bos_first = tokens.clone()
     no_bos_first[0] = 5
     assert documents(no_bos_first, BOS)[0][0] == 0
-    assert documents(torch.tensor([3, 4, 5, 6]), BOS)[1].tolist() == [3]  # no BOS at all: one document
+    assert documents(torch.tensor([3, 4, 5, 6]), BOS) == ([0], [3])  # no BOS at all: one document
 
 
 def test_every_target_once_with_plain_bytes_and_adaptation_helps_repetition():
@@ -77,7 +77,7 @@ def test_every_target_once_with_plain_bytes_and_adaptation_helps_repetition():
     frozen, _ = tiny(TTT_LR=0)
     _, _, _, still = scores(frozen, model, tokens)
     starts, lengths = documents(tokens, BOS)
-    s, m = starts[1].item(), min(lengths[1].item(), h.eval_seq_len)
+    s, m = starts[1], min(lengths[1], h.eval_seq_len)
     with torch.no_grad():
         own = model(tokens[None, s:s + m], tokens[None, s + 1:s + m + 1], reduction="none")[0].double()
     assert torch.allclose(still[0, s:s + m], own, atol=1e-5)
@@ -151,7 +151,7 @@ def test_nonfinite_document_is_scored_without_adaptation_and_named():
     _, _, _, plain = scores(frozen, model, tokens)
     starts, lengths = documents(tokens, BOS)
     for d in info["nonfinite"]:  # its first chunk precedes any step, its last one follows the drop
-        s, m, c = starts[d].item(), lengths[d].item(), h.ttt_chunk
+        s, m, c = starts[d], lengths[d], h.ttt_chunk
         last = s + (m - 1) // c * c
         assert m > c and torch.allclose(per_target[0, s:s + c], plain[0, s:s + c], atol=1e-6)
         assert torch.allclose(per_target[0, last:s + m], plain[0, last:s + m], atol=1e-6)
@@ -240,8 +240,8 @@ def test_fallback_keeps_scores_before_the_first_nonfinite_one(monkeypatch):
     tokens = stream()
     _, _, _, before = scores(h, model, tokens)
     starts, lengths = documents(tokens, BOS)
-    d = int(torch.argmax(lengths))
-    s, c = starts[d].item(), h.ttt_chunk
+    d = max(range(len(lengths)), key=lambda i: lengths[i])
+    s, c = starts[d], h.ttt_chunk
     poison = s + 2 * c + 5  # a token in the document's third chunk
     real = GPT.forward
 
@@ -278,40 +278,77 @@ def test_adapted_projections_keep_the_matmul_dtype():
 
 
 def test_deadline_scores_the_rest_unadapted_within_budget_plus_one_batch(monkeypatch):
-    """A budget too small to adapt the split (but enough to score it forward only): from the first batch that would
-    not leave time for the rest, documents are scored forward only. On a clock that advances by each batch's work (a
-    fake one: timing on a loaded CPU proves nothing), the pass ends within the budget plus one batch; every target
-    is still scored exactly once with the plain bytes; the unadapted documents score as with no adaptation."""
+    """A budget too small to adapt the split (but enough to score it forward only): from the first batch whose
+    adaptation would not leave time to score the rest forward only, documents are scored forward only. On a clock that
+    advances by each step's work at given rates (a fake one: timing on a loaded CPU proves nothing; the rates are what
+    the warm-up measures), the pass ends within the budget plus one adapted batch; every target is still scored
+    exactly once with the plain bytes; the unadapted documents score as with TTT_LR=0."""
     h, model = tiny(TTT_BATCH_DOCS=2)
     tokens = stream(n=1500)
     _, _, full, _ = scores(h, model, tokens)
-    assert full["unadapted"] == [] and full["deadline_at"] is None
-    rate, now, works = 1000.0, [0.0], []  # window tokens per fake second, adapted; forward only 3x faster
-    real = train_gpt.ttt_batch
+    assert full["unadapted"] == [] and full["deadline_at"] is None and full["forward_tokens"] == 0
+    rates, now, batches = train_gpt.Rates(adapted=1000.0, forward=5000.0), [0.0], []
+    real_batch, real_forward = train_gpt.ttt_batch, train_gpt.score_forward
 
-    def timed(*args, **kwargs):
-        out = real(*args, **kwargs)
-        adapt = args[8]
-        now[0] += out[2] / (rate if adapt else 3 * rate)
-        works.append(out[2])
+    def timed_batch(*args, **kwargs):
+        out = real_batch(*args, **kwargs)
+        now[0] += out[2] / rates.adapted
+        batches.append(out[2] / rates.adapted)
         return out
-    monkeypatch.setattr(train_gpt, "ttt_batch", timed)
-    total = full["window_tokens"]
-    budget = total / (3 * rate) + 0.3 * (total / rate - total / (3 * rate))
-    loss, bpb, info, per_target = scores(h, model, tokens, deadline=budget, clock=lambda: now[0])
-    print(f"budget {budget:.2f} fake s, ended at {now[0]:.2f}; {len(info['unadapted'])} of {info['docs']} unadapted")
-    assert now[0] <= budget + max(works) / rate
-    assert 0 < len(info["unadapted"]) < info["docs"] and info["deadline_at"] is not None
-    assert (per_target[1] == 1).all() and info["bytes"] == full["bytes"] and info["tokens"] == full["tokens"]
+
+    def timed_forward(fwd, tokens, rows, *args, **kwargs):
+        now[0] += train_gpt.row_tokens(rows) / rates.forward
+        return real_forward(fwd, tokens, rows, *args, **kwargs)
+    monkeypatch.setattr(train_gpt, "ttt_batch", timed_batch)
+    monkeypatch.setattr(train_gpt, "score_forward", timed_forward)
     starts, lengths = documents(tokens, BOS)
+    all_forward = train_gpt.row_tokens(train_gpt.forward_rows(starts, lengths, h.ttt_chunk, h.eval_seq_len)) / rates.forward
+    budget = all_forward + 0.3 * full["window_tokens"] / rates.adapted
+    loss, bpb, info, per_target = scores(h, model, tokens, deadline=budget, rates=rates, clock=lambda: now[0])
+    print(f"budget {budget:.3f} fake s, ended at {now[0]:.3f}; {len(info['unadapted'])} of {info['docs']} unadapted")
+    assert now[0] <= budget + max(batches)
+    assert 0 < len(info["unadapted"]) < info["docs"] and info["deadline_at"] is not None
+    assert info["forward_tokens"] > 0
+    assert (per_target[1] == 1).all() and info["bytes"] == full["bytes"] and info["tokens"] == full["tokens"]
     frozen = scores(load_hparams({**TINY, "TTT_LR": "0", "TTT_BATCH_DOCS": "2"}), model, tokens)[3]
     for d in info["unadapted"]:
-        s, n = int(starts[d]), int(lengths[d])
+        s, n = starts[d], lengths[d]
         assert torch.allclose(per_target[0, s:s + n], frozen[0, s:s + n], atol=1e-5)
-    # a deadline already passed: only the first batch (the two longest documents) adapts
+    # a deadline already passed: nothing adapts, and every score is the TTT_LR=0 one
     now[0] = 0.0
-    info = scores(h, model, tokens, deadline=-1.0, clock=lambda: now[0])[2]
-    assert sorted(info["unadapted"]) == sorted(torch.argsort(lengths, descending=True, stable=True)[2:].tolist())
+    info, per_target = scores(h, model, tokens, deadline=-1.0, rates=rates, clock=lambda: now[0])[2:]
+    assert sorted(info["unadapted"]) == list(range(info["docs"])) and info["window_tokens"] == 0
+    assert torch.allclose(per_target[0], frozen[0], atol=1e-5) and (per_target[1] == 1).all()
+
+
+def test_forward_rows_read_each_target_once_with_its_chunk_windows_context():
+    """forward_rows: every target in exactly one row, with the context its TTT chunk window gives it (the window
+    starts at the BOS within the first EVAL_SEQ_LEN // TTT_CHUNK chunks, at the chunk's end - EVAL_SEQ_LEN beyond), in
+    one row per document within those chunks."""
+    for chunk, seq_len in ((16, 48), (16, 40), (48, 48)):
+        lengths = [1, 5, 16, 17, 40, 47, 48, 49, 100, 161]
+        starts = [sum(lengths[:i]) for i in range(len(lengths))]
+        rows = train_gpt.forward_rows(starts, lengths, chunk, seq_len)
+        seen = {}
+        for first, width, scored_from in rows:
+            for p in range(first + scored_from, first + width):
+                assert p not in seen
+                seen[p] = first
+        for s, n in zip(starts, lengths):
+            for j in range(n):
+                c = j // chunk
+                assert seen[s + j] == s + max(0, (c + 1) * chunk - seq_len), (chunk, seq_len, n, j)
+        head = seq_len // chunk
+        assert len(rows) == len(lengths) + sum(max(0, -(-n // chunk) - head) for n in lengths)
+
+
+def test_forward_batches_never_make_a_shape_that_compiles_anew():
+    for rows in ([(0, 1, 0)], [(0, 8, 0)] * 8, [(0, 5, 0), (9, 3, 0)] * 20):
+        for batch in train_gpt.forward_batches(rows, 64):
+            width = max(2, batch[0][1])
+            assert len(batch) >= 2 and len(batch) != width and len(batch) * width <= max(64, 3 * width)
+            assert all(w <= width for _, w, _ in batch)
+    assert sum(len([r for r in b if r[1]]) for b in train_gpt.forward_batches([(0, 5, 0), (9, 3, 0)] * 20, 64)) == 40
 
 
 @pytest.mark.parametrize("t", [150, 420])
@@ -341,7 +378,7 @@ def test_no_base_update_uses_a_document_before_it_is_scored(monkeypatch):
     real, calls = train_gpt.adapt_base, []
 
     def checked(model, fwd, tokens, starts, lengths, h, autocast):
-        for s, n in zip(starts.tolist(), lengths.tolist()):
+        for s, n in zip(starts, lengths):
             assert (per_target[1, s:s + n] == 1).all(), f"document at {s} used before all its targets were scored"
         calls.append(len(starts))
         return real(model, fwd, tokens, starts, lengths, h, autocast)

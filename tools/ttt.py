@@ -6,10 +6,10 @@
 Builds the run's model from the hparam lines of its log (then --env), loads the weights from the artifact exactly as
 train_gpt.py's final scoring does, and prints the plain score (non-overlapping windows of TRAIN_SEQ_LEN, the run's
 final_roundtrip_plain), with EVAL_SLIDING=1 the sliding-window score (EVAL_SEQ_LEN, EVAL_STRIDE), the score with
-test-time training (under the run's EVAL_BUDGET_SECONDS deadline, counted from the start of the TTT pass here), the
-gain, the time of each, and the documents whose adaptation went non-finite or that the deadline left unadapted. On
-this machine's CPU (or its first GPU, with bf16 autocast, when there is one). Exit 0 on success, 1 with one line on
-failure, 2 on bad arguments.
+test-time training (under the run's EVAL_BUDGET_SECONDS deadline, counted from the start of the TTT pass here and
+planned with the rates a warm-up measures on random tokens, as the run's), the gain, the time of each, and the
+documents whose adaptation went non-finite or that the deadline left unadapted. On this machine's CPU (or its first
+GPU, with bf16 autocast, when there is one). Exit 0 on success, 1 with one line on failure, 2 on bad arguments.
 """
 from __future__ import annotations
 
@@ -57,6 +57,10 @@ def score(args) -> dict:
         val = val[:args.val_tokens + 1]
     val, luts = val.to(device), T.byte_luts(sp, h.vocab_size, device)
 
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     def nll_fn(x, y):
         with torch.inference_mode(), autocast:
             return model(x, y, reduction="none")
@@ -65,9 +69,13 @@ def score(args) -> dict:
     plain = T.evaluate(nll_fn, val, luts, h.train_seq_len, h.train_seq_len, h.eval_batch_seqs)[1]
     t1 = time.perf_counter()
     sliding = T.evaluate(nll_fn, val, luts, h.eval_seq_len, h.eval_stride, h.eval_batch_seqs)[1] if h.eval_sliding else None
+    rates = None
+    if h.eval_budget_seconds > 0:  # the deadline plans with measured rates: the run's warm-up, on random tokens
+        tokens = T.warm_up_documents(h, 1, h.vocab_size, sp.bos_id(), torch.Generator().manual_seed(0)).to(device)
+        rates = T.ttt_warm_up(model, model, tokens, luts, h, sp.bos_id(), autocast, sync)
     t2 = time.perf_counter()
-    deadline = t2 + h.eval_budget_seconds if h.eval_budget_seconds > 0 else None
-    loss, bpb, info = T.evaluate_ttt(model, val, luts, h, sp.bos_id(), autocast, deadline=deadline)
+    deadline = t2 + h.eval_budget_seconds if rates else None
+    loss, bpb, info = T.evaluate_ttt(model, val, luts, h, sp.bos_id(), autocast, deadline=deadline, rates=rates)
     t3 = time.perf_counter()
     return dict(plain_bpb=plain, sliding_bpb=sliding, ttt_bpb=bpb, gain_bpb=bpb - (plain if sliding is None else sliding),
                 gain_vs="plain" if sliding is None else "sliding", plain_s=t1 - t0, sliding_s=t2 - t1, ttt_s=t3 - t2,
