@@ -42,8 +42,8 @@ def test_compiled_matches_eager_under_bf16(monkeypatch):
 
 def test_ttt_graphs_at_default_dims_with_tokens_on_the_gpu():
     """The first GPU run died here: TTT's bookkeeping indexed a host tensor with a CUDA index. Now: the warm-up on
-    random tokens compiles the adapted and the forward-only graph; a pass over tokens on the GPU whose deadline strikes
-    after some batches compiles nothing more."""
+    random tokens compiles the adapted and the forward-only stages; a pass over tokens on the GPU whose deadline
+    strikes after some batches compiles nothing more."""
     h, model = default_model(TTT_BATCH_DOCS="4")
     graphs = []
 
@@ -51,13 +51,14 @@ def test_ttt_graphs_at_default_dims_with_tokens_on_the_gpu():
         graphs.append(gm)
         return torch._inductor.compile(gm, example_inputs)
     torch._dynamo.reset()
-    fwd = torch.compile(model, backend=backend, dynamic=True, fullgraph=True)
+    fwd = train_gpt.StagedForward(model, lambda fn, **kw: torch.compile(fn, backend=backend, **kw))
     luts = tuple(t.cuda() for t in (torch.ones(h.vocab_size, dtype=torch.long), torch.zeros(h.vocab_size, dtype=torch.bool),
                                    torch.zeros(h.vocab_size, dtype=torch.bool)))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16)
     warm = train_gpt.warm_up_documents(h, 1, h.vocab_size, 1, torch.Generator().manual_seed(0)).cuda()
     rates = train_gpt.ttt_warm_up(model, fwd, warm, luts, h, 1, autocast, torch.cuda.synchronize)
-    assert len(graphs) == 2, graphs
+    # adapted: embedding, block (2: its input without and with gradient), head; forward only: 3
+    assert len(graphs) == 7, graphs
     lengths = [3000, 2500, 1900, 700, 300, 260, 256, 100, 40, 33, 2, 1]
     tokens = torch.randint(2, h.vocab_size, (sum(lengths) + 1,))
     at = 0
@@ -68,7 +69,7 @@ def test_ttt_graphs_at_default_dims_with_tokens_on_the_gpu():
     loss, _, info = evaluate_ttt(model, tokens.cuda(), luts, h, 1, autocast, fwd, deadline=2.5, rates=fast,
                                  clock=lambda: float(next(calls)))
     print(f"rates {rates}; {info}")
-    assert len(graphs) == 2 and 0 < len(info["unadapted"]) < len(lengths) and info["tokens"] == sum(lengths)
+    assert len(graphs) == 7 and 0 < len(info["unadapted"]) < len(lengths) and info["tokens"] == sum(lengths)
 
 
 def test_hessians_fp32_and_gptq_does_not_raise():

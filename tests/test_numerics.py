@@ -106,21 +106,28 @@ def counting_backend(graphs: list):
     return backend
 
 
+def counting_compile(graphs: list):
+    """A compile_fn (as Run.compile) with counting_backend."""
+    return lambda fn, **kw: torch.compile(fn, backend=counting_backend(graphs), **kw)
+
+
 def test_ttt_compiles_one_graph_for_every_batch_and_width():
-    """TTT's forward is compiled with dynamic shapes: chunk widths 16, 32, 48 and batches of 2 and 3 documents must
-    reuse one graph. Here the first width (16) equals the k adapter's rows (16) and the rank (2) the smallest batch:
-    without the adapters' static dims dynamo ties their symbols and recompiles when they part."""
+    """TTT's forward is compiled with dynamic shapes, in stages (embedding, block, head): chunk widths 16, 32, 48,
+    batches of 2 and 3 documents and both blocks must reuse one graph per stage (two for the block: the first one's
+    input needs no gradient, the later ones' do; the same at any depth). Here the first width (16) equals the
+    k adapter's rows (16) and the rank (2) the smallest batch: without the adapters' static dims dynamo ties their
+    symbols and recompiles when they part."""
     import test_ttt as tt
     h, model = tt.tiny()
     graphs = []
     torch._dynamo.reset()
-    fwd = torch.compile(model, backend=counting_backend(graphs), dynamic=True, fullgraph=True)
+    fwd = train_gpt.StagedForward(model, counting_compile(graphs))
     tokens = tt.stream()
     with torch.autocast(**BF16):
         loss, _, info = evaluate_ttt(model, tokens, tt.luts(), h, tt.BOS, torch.autocast(**BF16), fwd)
     assert math.isfinite(loss) and info["nonfinite"] == []
     print(f"{len(graphs)} graph(s) for {info['docs']} documents")
-    assert len(graphs) == 1
+    assert len(graphs) == 4
     # and the eager forward gives the same scores
     eager = evaluate_ttt(model, tokens, tt.luts(), h, tt.BOS, torch.autocast(**BF16))[0]
     assert loss == pytest.approx(eager, rel=1e-3)
@@ -135,12 +142,14 @@ def test_nothing_compiles_after_the_warm_up_whatever_the_pass_meets():
     h, model = tt.tiny(TTT_BATCH_DOCS=2, TTT_PHASES=2, TTT_PHASE_LR=0.05)
     graphs, autocast = [], torch.autocast(**BF16)
     torch._dynamo.reset()
-    fwd = torch.compile(model, backend=counting_backend(graphs), dynamic=True, fullgraph=True)
+    fwd = train_gpt.StagedForward(model, counting_compile(graphs))
     warm = train_gpt.warm_up_documents(h, 1, tt.VOCAB, tt.BOS, torch.Generator().manual_seed(0))
     rates = train_gpt.ttt_warm_up(model, fwd, warm, tt.luts(), h, tt.BOS, autocast, lambda: None)
     compiled = len(graphs)
     print(f"{compiled} graphs in the warm-up; rates {rates}")
-    assert compiled == 3  # adapted, forward only (and the re-score), the phase step
+    # adapted: embedding, block (its input without and with gradient), head; forward only (and the re-score): 3; the
+    # phase step: block (2) and head (its embedding is the adapted one's: grad mode on, the embedding frozen)
+    assert compiled == 10
     tokens = tt.stream(n=1500)
     h.ttt_lr = 1e30
     info = evaluate_ttt(model, tokens, tt.luts(), h, tt.BOS, autocast, fwd)[2]

@@ -132,8 +132,8 @@ def test_adapted_rows_stay_unit_and_norms_are_exact():
     for name in ("q", "o"):
         p = getattr(block, name)
         rows = p.size(0)
-        lora = {f"blocks.0.{name}": (torch.randn(3, 2, p.size(1), generator=g), torch.randn(3, rows, 2, generator=g))}
-        a, b = lora[f"blocks.0.{name}"]
+        lora = {name: (torch.randn(3, 2, p.size(1), generator=g), torch.randn(3, rows, 2, generator=g))}
+        a, b = lora[name]
         eff = torch.nn.functional.normalize(p + b @ a, dim=-1)  # (3, rows, d): unit rows of each sequence's matrix
         inp = x if name == "q" else torch.randn(3, 5, rows, generator=g)
         want = inp @ eff.transpose(1, 2) if name == "q" else inp @ eff
@@ -270,7 +270,7 @@ def test_adapted_projections_keep_the_matmul_dtype():
     h, model = tiny()
     block, g = model.blocks[0], torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 32, generator=g)
-    lora = {f"blocks.0.{n}": (torch.randn(2, 2, 32, generator=g), torch.randn(2, getattr(block, n).size(0), 2,
+    lora = {n: (torch.randn(2, 2, 32, generator=g), torch.randn(2, getattr(block, n).size(0), 2,
                                                                              generator=g)) for n in ("k", "o")}
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert block.mm(x, "k", lora).dtype == block.mm(x, "q", lora).dtype == torch.bfloat16

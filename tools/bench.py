@@ -270,7 +270,7 @@ def bench_ttt(args, h, device) -> dict:
         step()
     step_ms = float(np.median(timed(step, args.steps, cuda)))
     model = train_gpt.GPT(h).to(device)
-    fwd = torch.compile(model, dynamic=True, fullgraph=True) if args.compile else model
+    fwd = train_gpt.StagedForward(model, torch.compile) if args.compile else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
     no = torch.zeros(h.vocab_size, dtype=torch.bool, device=device)
     luts = (torch.ones(h.vocab_size, dtype=torch.int64, device=device), no, no)
