@@ -6,7 +6,7 @@ One reader for every format. Its generations, how each is recognised and which o
 
 | generation | recognised by | the score | why |
 | --- | --- | --- | --- |
-| `ngpt` (this project's train_gpt.py) | `run_id:` `hparam ` `code_bytes:` `submission_bytes ` lines | `final_ttt_roundtrip_exact` with TTT, else `final_roundtrip_exact` (its `_exact` line is required) | the script prints the scored pass last; `final_roundtrip_plain` is the quantization gap's pass, never the score |
+| `ngpt` (this project's train_gpt.py) | `run_id:`, `hparam `, `submission_bytes `, `final_roundtrip...` lines | `final_ttt_roundtrip_exact` with TTT, else `final_roundtrip_exact` (its `_exact` line is required) | the script prints the scored pass last; `final_roundtrip_plain` is the quantization gap's pass, never the score |
 | `official-march` (the naive baseline and the March records) | `step:N/M ... train_time:Tms` | the last pass over the artifact, in `_exact` digits: `final_int8_zlib_roundtrip_exact` (baseline; the sliding window when `final_eval_mode:sliding_window`), `final_*_sliding_window*_exact`, `legal_ttt_exact` / `final_*ttt*` (TTT records) | their scripts run the artifact's passes weakest first and the record's score (the READMEs' val_bpb) last; the `final_int8_zlib_roundtrip_exact` line that follows a sliding-window pass with no pass of that name before it is an alias repeating that score for the official tooling, not a pass |
 | `official-april` (April/May records: #1855, #2135) | `N/M train_loss: X train_time: Ym`, `Hyperparameters:` | the last `quantized*` / `legal_ttt*` line: `quantized_ttt_phased`, `quantized_ttt`, `legal_ttt_exact`, else `quantized_sliding_window`, else `quantized` (8 decimals) | as above; `diagnostic ...` and `pre-quantization ...` lines score the unquantized model, not the artifact |
 
@@ -116,7 +116,8 @@ _STEP_RE = re.compile(r"^step:(\d+)/(\d+)\s")
 _APRIL_STEP_RE = re.compile(r"^(\d+)/(\d+) (train_loss|val_loss): ")
 _BYTES_RE = re.compile(r"^(Code size|Serialized model|Total submission size)(?: \(([a-z]+)\)| (\S+))?: (\d+) bytes")
 _GPU_RE = re.compile(r"^\|\s+\d+\s+(NVIDIA [^|]*?)\s{2,}\S+\s+\|")
-_NGPT_MARKS = ("run_id:", "hparam ", "code_bytes:", "submission_bytes ")
+_NGPT_MARKS = ("run_id:", "hparam ", "code_bytes:", "submission_bytes ", "peak_memory ", "final_roundtrip",
+               "calibration method:", "eval_phase_time:")  # lines no official script prints
 # this project's header lines `key:value ...` whose first key is one of these; value converters per key.
 _HEADER = {"run_id": str, "python": str, "torch": str, "world_size": _int, "grad_accum_steps": _int,
            "code_bytes": _int, "code_bytes_plain": _int, "model_params": _int, "quant_gap_bpb": _num, "eval_phase_time": _num,
@@ -194,7 +195,7 @@ def _pass_line(log: dict, name: str, f: dict) -> None:
         log["aliases"].append(name)
     else:
         log["passes"].append({"name": name.removesuffix("_exact"), **_scores(f), "eval_time_ms": _num(f.get("eval_time")),
-                              "exact": name.endswith("_exact")})
+                              "exact": name.endswith("_exact"), "printed": _scores(f)})
 
 
 def _ngpt_line(log: dict, line: str, f: dict) -> bool:
@@ -291,10 +292,10 @@ def _finish(log: dict, state: dict) -> None:
     passes = log["passes"]
     scored = [p for p in passes if p["name"] not in _NOT_SCORE]
     if scored and (scored[-1]["exact"] or log["format"] != "ngpt"):  # ngpt's score needs its _exact line
-        log["score"] = dict(scored[-1])
+        log["score"] = {k: v for k, v in scored[-1].items() if k != "printed"}
         log["final_exact"] = {k: scored[-1][k] for k in ("val_loss", "val_bpb")}
-    if scored:
-        log["final_roundtrip"] = {k: scored[-1][k] for k in ("val_loss", "val_bpb", "eval_time_ms")}
+    if scored:  # the last pass as its own line printed it (ngpt: 4 decimals)
+        log["final_roundtrip"] = {**scored[-1]["printed"], "eval_time_ms": scored[-1]["eval_time_ms"]}
     if log["format"] == "ngpt":
         plain = [p for p in passes if p["name"] == "final_roundtrip_plain"]
         log["roundtrip_plain"] = {k: plain[-1][k] for k in ("val_loss", "val_bpb")} if plain else None
@@ -346,10 +347,11 @@ def parse_log(path: str | Path) -> dict:
     wallclock_stop (True when `stopping_early: wallclock_cap` ended training), stopping_early (that line),
     calibration_ms, calibration_data ("training", "self-generated" or None), train_time_ms (train_loop_ms plus
     calibration on training data, #677; ngpt: its calibration line's train_time), step_avg_ms (the last step line's;
-    official-april: train_loop_ms / steps), passes [{name, val_loss, val_bpb, eval_time_ms, exact}] (every pass over
-    the artifact, in order), aliases (alias score lines, not passes), score {name, val_loss, val_bpb, eval_time_ms,
+    official-april: train_loop_ms / steps), passes [{name, val_loss, val_bpb, eval_time_ms, exact, printed}] (every
+    pass over the artifact, in order; val_loss and val_bpb in its `_exact` line's digits when it has one, printed: its
+    own line's), aliases (alias score lines, not passes), score {name, val_loss, val_bpb, eval_time_ms,
     exact} (the table above), final_exact {val_loss, val_bpb} (the score's numbers), final_roundtrip {val_loss,
-    val_bpb, eval_time_ms} (the last pass), eval_time_ms (the whole evaluation) and eval_time_source (which line or sum
+    val_bpb, eval_time_ms} (the last pass, as its own line printed it), eval_time_ms (the whole evaluation) and eval_time_source (which line or sum
     it is), code_bytes (the counted size as logged: ngpt's self-extracting wrapper, official-april's `Code size
     (compressed)`, official-march's plain `Code size`), code_bytes_plain (the script's file size as logged),
     submission_bytes {code, model, total, limit}, errors [lines], nonfinite [lines].
