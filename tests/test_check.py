@@ -334,3 +334,16 @@ def test_hostile_script_is_neither_run_nor_believed(tmp_path, template):
     assert cli.returncode == 1 and "FAIL bytes match log" in cli.stderr
     check_folder(folder)
     assert not marker.exists()
+
+
+def test_what_a_record_log_does_not_give_is_not_checkable(tmp_path):
+    """A record log (official format) without byte lines or a pass's eval_time: N/A, not a FAIL; this project's log
+    without them: FAIL (its script always prints them)."""
+    text = (RECORDS / "2026-03-17_NaiveBaseline" / "train.log").read_text()
+    log = tmp_path / "train.log"
+    log.write_text(re.sub(r"(?m)^(Code size|Serialized model|Total submission size).*\n", "",
+                          text.replace(" eval_time:1401ms", "")))
+    rows = {r.rule: r for r in check_log(log)}
+    for rule in ("artifact bytes", "evaluation time"):
+        assert rows[rule].status == "N/A" and rows[rule].value.startswith("not checkable here"), rows[rule]
+    assert violations(list(rows.values())) == []
