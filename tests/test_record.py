@@ -39,9 +39,9 @@ def runs(cpu_runs, tmp_path):
 def args(runs, tmp_path, *extra, ptz=True):
     """record.py arguments; a later option in extra overrides an earlier one."""
     sizes = ["--ptz", *(str(r["ptz"]) for r in runs)] if ptz else ["--ptz-bytes-from-log"]
-    return [*(str(r["log"]) for r in runs), "--name", "TinyNGPT", "--author", "Test Author", "--github-id", "tester",
-            "--blurb", "A tiny CPU run.", "--date", DATE, "--script", str(runs[0]["script"]), *sizes,
-            "--records-dir", str(tmp_path / "records"), *extra]
+    return [*(str(r["log"]) for r in runs), "--name", "TinyNGPT", "--title", "Tiny nGPT on two CPU ranks",
+            "--author", "Test Author", "--github-id", "tester", "--blurb", "A tiny CPU run.", "--date", DATE,
+            "--script", str(runs[0]["script"]), *sizes, "--records-dir", str(tmp_path / "records"), *extra]
 
 
 def folder(tmp_path, track="10min_16mb"):
@@ -58,39 +58,51 @@ def test_record_three_seeds(runs, tmp_path, capsys):
     best = statistics.mean(bpbs) + 0.01
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("sentencepiece\nzstandard\n")
-    assert record.main(args(runs, tmp_path, "--best", str(best), "--requirements", str(requirements))) == 0
+    extra = tmp_path / "helper_notes.md"
+    extra.write_text("how the tokenizer was made\n")
+    assert record.main(args(runs, tmp_path, "--best", str(best), "--requirements", str(requirements),
+                            "--extra", str(extra))) == 0
     out = folder(tmp_path)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [r["log"].name for r in runs] + ["README.md", "requirements.txt", "submission.json", "train_gpt.py"])
+        [r["log"].name for r in runs] + ["README.md", "requirements.txt", "submission.json", "train_gpt.py",
+                                         "helper_notes.md"])
+    assert (out / "helper_notes.md").read_bytes() == extra.read_bytes()
     assert (out / "train_gpt.py").read_bytes() == runs[0]["script"].read_bytes()
     for r in runs:
         assert (out / r["log"].name).read_bytes() == r["log"].read_bytes()
 
     sub = json.loads((out / "submission.json").read_text())
-    assert {"author", "github_id", "name", "blurb", "date", "track", "val_loss", "val_bpb", "val_loss_std",
-            "val_bpb_std", "seeds", "seed_results", "bytes_total", "bytes_code", "hardware", "pytorch_version",
-            "technique_summary", "p_value", "beats_best"} <= sub.keys()
+    assert list(sub) == list(record.FIELDS)
     assert (sub["author"], sub["github_id"], sub["name"], sub["date"], sub["track"]) == (
-        "Test Author", "tester", "TinyNGPT", DATE, "10min_16mb")
+        "Test Author", "tester", "Tiny nGPT on two CPU ranks", DATE, "10min_16mb")
     assert sub["seeds"] == [f["seed"] for f in facts]
     assert sub["val_bpb"] == pytest.approx(statistics.mean(bpbs), abs=1e-12)
     assert sub["val_loss"] == pytest.approx(statistics.mean(losses), abs=1e-12)
     assert sub["val_bpb_std"] == pytest.approx(statistics.stdev(bpbs), abs=1e-12)
     assert sub["val_loss_std"] == pytest.approx(statistics.stdev(losses), abs=1e-12)
     keys = ("val_loss", "val_bpb", "artifact_bytes", "steps", "step_avg_ms", "eval_time_s")
-    assert sub["seed_results"] == {str(f["seed"]): {k: pytest.approx(f[k]) for k in keys} for f in facts}
-    assert sub["bytes_total"] == max(f["artifact_bytes"] for f in facts)
+    assert {s: {k: r[k] for k in keys} for s, r in sub["seed_results"].items()} == {
+        str(f["seed"]): {k: pytest.approx(f[k]) for k in keys} for f in facts}
+    assert sub["bytes_total"] == sub["artifact_bytes_max"] == max(f["artifact_bytes"] for f in facts)
+    assert sub["artifact_bytes_mean"] == pytest.approx(statistics.mean(f["artifact_bytes"] for f in facts))
+    assert sub["train_steps_mean"] == pytest.approx(statistics.mean(f["steps"] for f in facts))
+    assert sub["step_avg_ms_mean"] == pytest.approx(statistics.mean(f["step_avg_ms"] for f in facts))
     assert sub["bytes_code"] == counted_code_bytes(runs[0]["script"].read_text())  # as the records count it
-    assert sub["bytes_code_plain"] == runs[0]["script"].stat().st_size
     assert sub["hardware"] == facts[0]["hardware"] and sub["pytorch_version"] == facts[0]["torch"]
+    assert sub["comparison_baseline_bpb"] == best
+    assert sub["delta_vs_leaderboard_bpb"] == pytest.approx(statistics.mean(bpbs) - best)
+    assert sub["delta_vs_leaderboard_nats"] == pytest.approx(
+        (statistics.mean(bpbs) - best) * statistics.mean(l / b for l, b in zip(losses, bpbs)))
+    assert all(isinstance(v, str) and v.strip() for k, v in sub.items() if isinstance(v, str))
 
     ratio = statistics.mean(b / l for b, l in zip(bpbs, losses))
     p = stats.ttest_1samp(bpbs, best - 0.005 * ratio, alternative="less").pvalue
     assert sub["p_value"] == pytest.approx(p, rel=1e-9)
-    assert sub["beats_best"] == (p < 0.01)
     assert f"p = {p:.6g}" in capsys.readouterr().out
 
     readme = (out / "README.md").read_text()
+    assert readme.startswith("# Tiny nGPT on two CPU ranks\n\nA tiny CPU run.\n")
+    assert "`ngpt-wrapper`" in readme and "- `helper_notes.md`" in readme
     for f in facts:
         assert re.search(rf"\| {f['seed']} \| {f['val_loss']:.8f} \| {f['val_bpb']:.8f} \| {f['artifact_bytes']} \|",
                          readme)
@@ -125,7 +137,7 @@ def test_single_seed_cannot_test_and_bytes_from_log(runs, tmp_path):
     assert record.main(args(runs[:1], tmp_path, "--best", "1.0", ptz=False)) == 0
     out = folder(tmp_path)
     sub = json.loads((out / "submission.json").read_text())
-    assert sub["p_value"] is None and sub["val_bpb_std"] is None and not (out / "requirements.txt").exists()
+    assert "p_value" not in sub and "val_bpb_std" not in sub and not (out / "requirements.txt").exists()
     assert "cannot be run" in (out / "README.md").read_text()
 
 
@@ -149,5 +161,46 @@ def test_help():
 def test_default_best_is_the_leaderboard(runs, tmp_path):
     assert record.main(args(runs, tmp_path)) == 0
     sub = json.loads((folder(tmp_path) / "submission.json").read_text())
-    assert sub["significance"]["best_val_bpb"] == 1.05651
-    assert sub["beats_best"] is False  # a tiny CPU model does not beat the leaderboard
+    assert sub["comparison_baseline_bpb"] == 1.05651
+    assert sub["p_value"] > 0.01  # a tiny CPU model does not beat the leaderboard
+
+
+def test_refuses_blank_text_and_clashing_extras(runs, tmp_path, capsys):
+    assert record.main(args(runs, tmp_path, "--blurb", "  ")) == 1
+    assert "--blurb is empty" in capsys.readouterr().err
+    clash = tmp_path / "README.md"
+    clash.write_text("mine\n")
+    assert record.main(args(runs, tmp_path, "--extra", str(clash))) == 1
+    assert "--extra README.md" in capsys.readouterr().err
+    assert not (tmp_path / "records").exists()
+
+
+MARCH_TTT = REPO / "tests" / "fixtures" / "records" / "2026-03-23_LeakyReLU_LegalTTT_ParallelMuon"
+
+
+def test_record_from_a_real_folders_logs(tmp_path, capsys):
+    """#549's three console logs and script (March format, no source, no hardware line): accepted, with the hardware
+    and torch version given on the command line, and the numbers of its logs (by hand: legal_ttt_exact val_bpb
+    1.11922988 / 1.11888882 / 1.12002032, totals 15,977,386 / 15,990,006 / 15,876,510 bytes)."""
+    logs = [MARCH_TTT / f"train_seed{s}.log" for s in (1337, 42, 2025)]
+    base = [*map(str, logs), "--script", str(MARCH_TTT / "train_gpt.py"), "--ptz-bytes-from-log", "--name",
+            "LeakyReLU_LegalTTT", "--title", "LeakyReLU² + Legal Score-First TTT", "--author", "A", "--github-id", "a",
+            "--blurb", "A March record, rebuilt.", "--date", DATE, "--records-dir", str(tmp_path / "records"),
+            "--best", "1.1228"]
+    assert record.main(base) == 1
+    assert "--hardware (the logs do not name it) is empty" in capsys.readouterr().err
+    assert record.main(base + ["--hardware", "8xH100 80GB SXM", "--pytorch-version", "2.9.1+cu128"]) == 0
+    out = tmp_path / "records" / "track_10min_16mb" / f"{DATE}_LeakyReLU_LegalTTT"
+    sub = json.loads((out / "submission.json").read_text())
+    bpbs = [1.11922988, 1.12002032, 1.11888882]
+    assert sub["seeds"] == [1337, 42, 2025] and sub["val_bpb"] == pytest.approx(statistics.mean(bpbs), abs=1e-12)
+    assert round(sub["val_bpb"], 4) == 1.1194  # the folder's own submission.json
+    assert sub["bytes_total"] == sub["artifact_bytes_max"] == 15990006
+    assert sub["bytes_code"] == 89458  # plain: the March scripts count the file
+    assert sub["seed_results"]["1337"]["steps"] == 7179 and sub["seed_results"]["1337"]["train_wallclock_ms"] == 600128
+    assert sub["seed_results"]["1337"]["eval_time_s"] == pytest.approx(490.896)
+    assert sub["train_steps_mean"] == pytest.approx((7179 + 7182 + 7193) / 3)
+    assert sub["comparison_baseline_bpb"] == 1.1228 and sub["hardware"] == "8xH100 80GB SXM"
+    readme = (out / "README.md").read_text()
+    assert readme.startswith("# LeakyReLU² + Legal Score-First TTT\n") and "`plain`" in readme
+    assert "## Commands" not in readme  # its hyperparameters are not environment variables
