@@ -109,8 +109,13 @@ HPARAMS = dict(  # every one an environment variable of the same name; the READM
     TTT_RANK=16,  # rank of each adapter
     TTT_TARGETS="k,o,up,down,head",  # what adapts: any of q,k,v,o,up,down,head
     TTT_BATCH_DOCS=32,  # documents adapted side by side per rank
-    TTT_PHASES=0,  # phased TTT: after each of this many groups of documents (stream order), SGD on the base weights
-    TTT_PHASE_LR=0.5,  # over the group's scored tokens (all ranks averaged), rows renormalized (P1's best)
+    TTT_PHASES=0,  # phased TTT: after each of this many groups of TTT_PHASE_DOCS documents (stream order), SGD on
+    TTT_PHASE_DOCS=833,  # the base weights over the group's scored tokens (all ranks averaged), rows renormalized
+    TTT_PHASE_LR=0.5,  # (#1855: 3 phases of 833 documents); the SGD learning rate (P1's best)
+    TTT_PHASE_STEPS=1,  # SGD steps per phase, each on a share of the group's tokens, the rate falling (cosine) to 0
+    TILT_ORDER=0,  # > 0: the TTT score's token n-gram tilt of this order from the scored prefix (#2130, #2135: 16)
+    TILT_THRESHOLD=0.8,  # a hint where the n-gram's top next token has had at least this share of its context's
+    TILT_BOOST=2.625,  # occurrences; the hinted token's logit gets this boost, renormalized (#2135)
     # numerics
     COMPILE=1,  # torch.compile (with GPU numerics; 0: eager)
     COMPILE_BACKEND="inductor",  # torch.compile's backend (the CPU tests use aot_eager)
@@ -175,7 +180,10 @@ def check_config(h, world: int) -> None:
         (h.eval_budget_seconds < 0, f"EVAL_BUDGET_SECONDS={h.eval_budget_seconds} must be >= 0 (0: no deadline)"),
         (h.ttt and (h.ttt_lr < 0 or min(h.ttt_chunk, h.ttt_rank, h.ttt_batch_docs) < 1),
          "TTT_LR must be >= 0, TTT_CHUNK, TTT_RANK and TTT_BATCH_DOCS >= 1"),
-        (h.ttt_phases < 0 or h.ttt_phase_lr < 0, "TTT_PHASES and TTT_PHASE_LR must be >= 0"),
+        (h.tilt_order < 0 or h.tilt_order == 1 or not 0 < h.tilt_threshold <= 1 or h.tilt_boost < 0,
+         f"TILT_ORDER={h.tilt_order} must be 0 or >= 2, TILT_THRESHOLD in (0, 1], TILT_BOOST >= 0"),
+        (h.ttt_phases < 0 or h.ttt_phase_lr < 0 or min(h.ttt_phase_docs, h.ttt_phase_steps) < 1,
+         "TTT_PHASES and TTT_PHASE_LR must be >= 0, TTT_PHASE_DOCS and TTT_PHASE_STEPS >= 1"),
         (h.ttt and (not h.ttt_targets or not set(h.ttt_targets.split(",")) <= set(TTT_KINDS)),
          f"TTT_TARGETS={h.ttt_targets!r} must be a comma list of {','.join(TTT_KINDS)}"),
     ]
@@ -667,7 +675,7 @@ class GPT(nn.Module):
         self.emb = nn.Embedding(h.vocab_size, h.model_dim)
         nn.init.normal_(self.emb.weight, std=h.embed_init_std)
         self.blocks = nn.ModuleList(Block(h, i) for i in range(h.num_layers))
-        self.hessians, self.approx = None, h.norm == "approx"
+        self.hessians, self.approx, self.tilt_boost = None, h.norm == "approx", h.tilt_boost
         self.bos = h.bos_id
         if h.smear:  # zero weight: transparent at init
             self.smear_gate = nn.Parameter(torch.zeros(GATE_DIMS))
@@ -707,8 +715,12 @@ class GPT(nn.Module):
         share = (self.smear_weight * torch.sigmoid(z))[..., None].to(e.dtype)
         return unit(torch.cat([e[:, :1], cur + share * prev], 1))
 
-    def head(self, x: torch.Tensor, targets: torch.Tensor, reduction: str, lora: tuple | None) -> torch.Tensor:
-        """The loss of the tied head's logits (with its test-time adapter: its rows are free, no renorm)."""
+    def head(self, x: torch.Tensor, targets: torch.Tensor, reduction: str, lora: tuple | None,
+             hints: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of the tied head's logits (with its test-time adapter: its rows are free, no renorm). With n-gram
+        hints (a token per position, -1 for none; reduction "none"): the stacked (nll, tilt), where nll + tilt is the
+        nll after the hinted token's logit is raised by TILT_BOOST and the distribution renormalized (closed form:
+        log(1 + q (e^boost - 1)) - boost [target = hint], q the hinted token's probability)."""
         if self.hessians is not None:
             note_input(self.hessians, "emb.weight", x)
         logits = F.linear(x, self.emb.weight)
@@ -717,12 +729,19 @@ class GPT(nn.Module):
             logits = logits + (x @ a.transpose(1, 2)) @ b.transpose(1, 2)
         logits = logits.float() * (self.logit_scale * self.logit_init)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
-        return loss if reduction == "mean" else loss.view_as(targets)
+        if reduction == "mean":
+            return loss
+        if hints is None:
+            return loss.view_as(targets)
+        log_q = logits.gather(-1, hints.clamp_min(0)[..., None]).squeeze(-1) - logits.logsumexp(-1)
+        tilt = torch.log1p(log_q.exp() * math.expm1(self.tilt_boost)) - self.tilt_boost * (targets == hints)
+        return torch.stack([loss.view_as(targets), torch.where(hints >= 0, tilt, 0)])
 
-    def forward(self, idx, targets, reduction: str = "mean", lora: dict | None = None, stages: tuple | None = None):
+    def forward(self, idx, targets, reduction: str = "mean", lora: dict | None = None, stages: tuple | None = None,
+                hints: torch.Tensor | None = None):
         """The loss; lora: test-time adapters by parameter name (blocks.i.kind, emb.weight); stages: what runs the
         embedding, each block and the head (StagedForward's compiled functions; default GPT.embed, run_block,
-        GPT.head)."""
+        GPT.head); hints: GPT.head's n-gram tilt."""
         embed, run, head = stages or (GPT.embed, run_block, GPT.head)
         T = idx.size(1)
         x = embed(self, idx)
@@ -730,7 +749,7 @@ class GPT(nn.Module):
             mine = None if lora is None else {n.removeprefix(block.name): pair for n, pair in lora.items()
                                                 if n.startswith(block.name)}
             x = run(block, x, self.cos[:T], self.sin[:T], mine)
-        return head(self, x, targets, reduction, None if lora is None else lora.get("emb.weight"))
+        return head(self, x, targets, reduction, None if lora is None else lora.get("emb.weight"), hints)
 
 
 def run_block(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, lora: dict | None) -> torch.Tensor:
@@ -746,8 +765,8 @@ class StagedForward:
         self.model = model
         self.stages = tuple(compile_fn(fn, dynamic=True, fullgraph=True) for fn in (GPT.embed, run_block, GPT.head))
 
-    def __call__(self, idx, targets, reduction: str = "mean", lora: dict | None = None) -> torch.Tensor:
-        return self.model(idx, targets, reduction, lora, self.stages)
+    def __call__(self, idx, targets, reduction: str = "mean", lora: dict | None = None, hints=None) -> torch.Tensor:
+        return self.model(idx, targets, reduction, lora, self.stages, hints)
 
 # ------------------------------ test-time training
 # Score first, then adapt: each document (cut at BOS) is read chunk after chunk; a chunk's targets are scored with the
@@ -759,6 +778,7 @@ class StagedForward:
 # tensors. (On a GPU a host tensor indexed by a device index raises: tests/devicecheck.py makes the CPU raise too.)
 
 DEADLINE_MARGIN = 1.25  # the deadline takes the time still to come as this much longer than the measured rates say
+SEGMENT_BATCHES = 2  # a segment spans the tokens of this many batches of EVAL_SEQ_LEN-long documents per rank
 
 
 def documents(tokens: torch.Tensor, bos: int) -> tuple[list[int], list[int]]:
@@ -770,6 +790,48 @@ def documents(tokens: torch.Tensor, bos: int) -> tuple[list[int], list[int]]:
     if not starts or starts[0] != 0:
         starts = [0] + starts
     return starts, [b - a for a, b in zip(starts, starts[1:] + [n_targets])]
+
+
+def ngram_hints(tokens: torch.Tensor, order: int, threshold: float) -> torch.Tensor:
+    """The n-gram tilt's hint for every target (-1: none), from the tokens before it only (#2130, #2135): target j's
+    context is the order - 1 tokens ending at j; among the earlier targets with the same context, the next token seen
+    most often (the first to reach that count) is the hint when it followed at least `threshold` of them. One pass
+    over the whole stream in sorts (no Python loop), on the tokens' device: contexts by a 64-bit hash."""
+    n, device = tokens.numel() - 1, tokens.device
+    hints = torch.full((n,), -1, dtype=torch.long, device=device)
+    if n < order:
+        return hints
+    t = tokens.long()
+    weights = torch.randint(1, 2**62, (order - 1,), generator=torch.Generator().manual_seed(order)) * 2 + 1
+    key = sum((t[order - 2 - k:n - k] + 1) * int(weights[k]) for k in range(order - 1))  # int64, wrapping
+    nxt = t[order - 1:]  # key[i], nxt[i]: the context and the token after it of target j = i + order - 2
+    by_ctx = torch.sort(key, stable=True)[1]  # same context together, in stream order
+    by_pair = by_ctx[torch.sort(nxt[by_ctx], stable=True)[1]]
+    by_pair = by_pair[torch.sort(key[by_pair], stable=True)[1]]  # by context, then next token, then stream order
+    pair_count = torch.empty_like(key)
+    pair_count[by_pair] = run_rank(key[by_pair], nxt[by_pair]) + 1  # its pair's count, this one included
+    k, c = key[by_ctx], pair_count[by_ctx]
+    rank = run_rank(k)  # earlier occurrences of the context
+    group = torch.cumsum((rank == 0).long(), 0)
+    best = torch.cummax(c + group * (n + 1), 0)[0] - group * (n + 1)  # its context's top count so far, included
+    rose = torch.where((rank == 0) | (c > torch.cat([best.new_zeros(1), best[:-1]])), torch.arange(n - order + 2,
+                       device=device), -1)
+    top_at = torch.cummax(rose, 0)[0]  # where the top count last rose (a context's first occurrence always rises)
+    prev = torch.cat([top_at.new_zeros(1), top_at[:-1]])
+    top_tok, top_count = nxt[by_ctx][prev], torch.cat([best.new_zeros(1), best[:-1]])
+    gated = (rank > 0) & (top_count.double() >= threshold * rank.double())
+    hints[(by_ctx + order - 2)[gated]] = top_tok[gated]
+    return hints
+
+
+def run_rank(*keys: torch.Tensor) -> torch.Tensor:
+    """For each entry of a sequence sorted by these keys, how many entries equal in every key come before it."""
+    start = torch.zeros_like(keys[0], dtype=torch.bool)
+    start[0] = True
+    for k in keys:
+        start[1:] |= k[1:] != k[:-1]
+    idx = torch.arange(len(keys[0]), device=keys[0].device)
+    return idx - torch.cummax(torch.where(start, idx, 0), 0)[0]
 
 
 def adapted_names(model: nn.Module, kinds: list[str]) -> list[str]:
@@ -795,12 +857,25 @@ def window_work(lengths: list[int], chunk: int, seq_len: int) -> int:
     return sum(rows * width for rows, _, width in windows)
 
 
-def ttt_batch(fwd, tokens, starts: list[int], lengths: list[int], init: dict, luts, h, autocast, per_target=None):
+def nll_and_score(fwd, x, y, idx, hints: torch.Tensor | None, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's nll at each position (what TTT trains on) and what is scored there: the same, or with the n-gram
+    tilt (`hints` of every target, gathered at the windows' positions idx)."""
+    if hints is None:
+        nll = fwd(x, y, reduction="none", **kw).float()
+        return nll, nll
+    nll, tilt = fwd(x, y, reduction="none", hints=hints[idx], **kw).float()
+    return nll, nll + tilt
+
+
+def ttt_batch(fwd, tokens, starts: list[int], lengths: list[int], init: dict, luts, h, autocast, per_target=None,
+              hints=None):
     """Score one batch of documents (longest first) chunk by chunk, one Adam step on each chunk's loss after scoring it.
     The non-finite guard drops a document's adaptation from its first non-finite score on, that chunk re-scored by the
     base model (the forward-only graph). Returns the (nll, tokens, bytes) sums, the rows (in batch order) that lost
     their adaptation, and the window tokens read. One host sync a chunk: whether a score was non-finite."""
     device, C = tokens.device, h.ttt_chunk
+    if len(lengths) == 1:  # with an empty document beside it (nothing scored): a batch of one would compile anew
+        starts, lengths = starts + [0], lengths + [0]
     starts_d, lengths_d = (torch.tensor(v, device=device) for v in (starts, lengths))
     lora = {n: (a.expand(len(lengths), -1, -1).clone().requires_grad_(True),
                 torch.zeros(len(lengths), rows, h.ttt_rank, device=device, requires_grad=True))
@@ -817,17 +892,18 @@ def ttt_batch(fwd, tokens, starts: list[int], lengths: list[int], init: dict, lu
         x, y = tokens[idx].long(), tokens[idx + 1].long()
         adapters = batch_adapters({n: (a[:k], b[:k]) for n, (a, b) in lora.items()})
         with torch.enable_grad(), autocast:
-            nll = fwd(x, y, reduction="none", lora=adapters).float()
-        nf = (~torch.where(scored, nll, 0).isfinite()).cumsum(1) > 0  # from its first non-finite score on
+            nll, score = nll_and_score(fwd, x, y, idx, hints, lora=adapters)
+        nf = (~torch.where(scored, score, 0).isfinite()).cumsum(1) > 0  # from its first non-finite score on
         ok = ~nf.any(1)
         if not ok.all().item():  # re-score from there without adaptation
             keep[:k] &= ok
             with torch.no_grad(), autocast:
-                again = fwd(x, y, reduction="none").float()
-            nll = torch.where(nf, again, nll)
-        sums += score_sums(nll.detach(), x, y, scored, luts)
+                again = nll_and_score(fwd, x, y, idx, hints)
+            nll, score = torch.where(nf, again[0], nll), torch.where(nf, again[1], score)
+        score = score.detach()
+        sums += score_sums(score, x, y, scored, luts)
         if per_target is not None:
-            per_target.index_add_(1, idx[scored], torch.stack([nll[scored].detach(), torch.ones_like(nll[scored])]).double())
+            per_target.index_add_(1, idx[scored], torch.stack([score[scored], torch.ones_like(score[scored])]).double())
         if c == n_chunks - 1:
             continue
         doc_loss = torch.where(scored, nll, 0).sum(1) / scored.sum(1).clamp_min(1)
@@ -876,7 +952,7 @@ def row_tokens(rows: list[tuple[int, int, int]]) -> int:
     return sum(width for _, width, _ in rows)
 
 
-def score_forward(fwd, tokens, rows, luts, h, autocast, per_target=None) -> tuple[torch.Tensor, int]:
+def score_forward(fwd, tokens, rows, luts, h, autocast, per_target=None, hints=None) -> tuple[torch.Tensor, int]:
     """Score the targets of forward_rows without adaptation, batch after batch of TTT_BATCH_DOCS x EVAL_SEQ_LEN
     tokens: one forward each, no chunk loop, no host sync. Returns the (nll, tokens, bytes) sums and the window tokens
     read."""
@@ -889,48 +965,87 @@ def score_forward(fwd, tokens, rows, luts, h, autocast, per_target=None) -> tupl
         scored = (pos >= scored_from[:, None]) & (pos < width[:, None])
         x, y = tokens[idx].long(), tokens[idx + 1].long()
         with torch.no_grad(), autocast:
-            nll = fwd(x, y, reduction="none").float()
-        sums += score_sums(nll, x, y, scored, luts)
+            score = nll_and_score(fwd, x, y, idx, hints)[1]
+        sums += score_sums(score, x, y, scored, luts)
         if per_target is not None:
-            per_target.index_add_(1, idx[scored], torch.stack([nll[scored], torch.ones_like(nll[scored])]).double())
+            per_target.index_add_(1, idx[scored], torch.stack([score[scored], torch.ones_like(score[scored])]).double())
         work += idx.numel()
     return sums, work
 
 
-def ttt_batches(lengths: list[int], h, rank: int, world: int) -> list[list[list[int]]]:
-    """This rank's batches of document indices, per group: TTT_PHASES + 1 groups of documents in stream order (one
-    without phases), each sorted longest first and dealt to the ranks in turn, then cut into TTT_BATCH_DOCS (a last
-    batch of one joins the one before: a batch of one would compile another graph)."""
-    groups = []
-    for group in np.array_split(np.arange(len(lengths)), h.ttt_phases + 1):
-        order = sorted(group.tolist(), key=lambda d: -lengths[d])[rank::world]
-        batches = [order[i:i + h.ttt_batch_docs] for i in range(0, len(order), h.ttt_batch_docs)]
-        if len(batches) > 1 and len(batches[-1]) == 1 < h.ttt_batch_docs:
-            batches[-2:] = [batches[-2] + batches[-1]]
-        groups.append(batches)
-    return groups
+class Segment(NamedTuple):
+    """A run of consecutive documents, scored (adapted or forward only) as one: the deadline decides before each."""
+    docs: list[int]  # document indices, stream order
+    first: int  # the token position of its first document's BOS
+    phase_after: bool  # a phase group ends with it (TTT_PHASES): a base-weight step follows
 
 
-def adapt_base(model: nn.Module, fwd, tokens: torch.Tensor, starts: list[int], lengths: list[int], h, autocast) -> bool:
-    """Phased TTT's step: one SGD step (TTT_PHASE_LR) on every block matrix over the targets of these documents,
-    already scored on this rank, the gradient averaged over every rank's tokens (one all-reduce, on every rank even
-    with no documents), then every row back to norm 1. A non-finite gradient or result leaves the weights as they
-    were (False)."""
-    mats, L, device = model.matrices(), h.eval_seq_len, tokens.device
-    saved = [p.detach().clone() for p in mats]
+def ttt_segments(starts: list[int], lengths: list[int], h, world: int) -> list[Segment]:
+    """The pass in stream order: the documents whose BOS falls in the same span of SEGMENT_BATCHES x world x
+    TTT_BATCH_DOCS x EVAL_SEQ_LEN tokens, cut where a phase group ends (after document TTT_PHASE_DOCS x p, p = 1 ..
+    TTT_PHASES: fixed counts, so a later BOS never moves an earlier boundary). Which segment a document is in, and what
+    comes before it, depends on the tokens before its BOS only."""
+    span = SEGMENT_BATCHES * world * h.ttt_batch_docs * h.eval_seq_len
+    ends = {h.ttt_phase_docs * p for p in range(1, h.ttt_phases + 1)}  # the first document of a new phase group
+    segments, docs = [], []
+    for d, s in enumerate(starts):
+        if docs and (d in ends or s // span != starts[docs[0]] // span):
+            segments.append(Segment(docs, starts[docs[0]], d in ends))
+            docs = []
+        docs.append(d)
+    return segments + [Segment(docs, starts[docs[0]], False)] if docs else segments
+
+
+def rank_batches(docs: list[int], lengths: list[int], h, rank: int, world: int) -> list[list[int]]:
+    """This rank's share of a segment's documents in batches: longest first, dealt to the ranks in turn, cut into
+    TTT_BATCH_DOCS (a last batch of one joins the one before: a batch of one would compile another graph)."""
+    order = sorted(docs, key=lambda d: -lengths[d])[rank::world]
+    batches = [order[i:i + h.ttt_batch_docs] for i in range(0, len(order), h.ttt_batch_docs)]
+    if len(batches) > 1 and len(batches[-1]) == 1 < h.ttt_batch_docs:
+        batches[-2:] = [batches[-2] + batches[-1]]
+    return batches
+
+
+def adapt_base(model: nn.Module, fwd, tokens: torch.Tensor, starts: list[int], lengths: list[int], h, autocast) -> int:
+    """Phased TTT's steps: TTT_PHASE_STEPS SGD steps on every block matrix over the targets of these documents, all
+    scored already (this rank's share), each on the next share of them, the gradient averaged over every rank's
+    tokens (an all-reduce on every rank, with or without documents), the learning rate TTT_PHASE_LR falling as a
+    cosine, every row back to norm 1 after each. A non-finite gradient or result undoes that step and ends the phase.
+    Returns the steps taken."""
+    mats, L, B, steps, device = model.matrices(), h.eval_seq_len, h.ttt_batch_docs, h.ttt_phase_steps, tokens.device
     spans = [torch.arange(s, s + n) for s, n in zip(starts, lengths)]  # host: bookkeeping
     positions = torch.cat(spans) if spans else torch.zeros(0, dtype=torch.long)
-    rows = max(2, -(-len(positions) // L))
-    rows += rows % h.ttt_batch_docs == 1 < h.ttt_batch_docs  # no micro-batch of one row: it would compile anew
-    idx = torch.cat([positions, positions.new_zeros(rows * L - len(positions))]).view(rows, L).to(device)
-    mask = (torch.arange(rows * L, device=device) < len(positions)).view(rows, L)
+    per = max(2, -(-len(positions) // (L * steps)))  # rows per step
+    per += per % B == 1 < B  # no micro-batch of one row: it would compile anew
+    idx = torch.cat([positions, positions.new_zeros(steps * per * L - len(positions))]).view(steps * per, L).to(device)
+    mask = (torch.arange(steps * per * L, device=device) < len(positions)).view(steps * per, L)
+    for k in range(steps):
+        saved = [p.detach().clone() for p in mats]
+        flat = phase_gradient(mats, fwd, tokens, idx[k * per:(k + 1) * per], mask[k * per:(k + 1) * per], B, autocast)
+        ok = flat.isfinite().all().item() and flat[-1].item() > 0
+        if ok:
+            with torch.no_grad():
+                lr = h.ttt_phase_lr * 0.5 * (1 + math.cos(math.pi * k / steps))
+                for p, grad in zip(mats, (flat[:-1] / flat[-1]).split([p.numel() for p in mats])):
+                    p.sub_(grad.view_as(p), alpha=lr)
+                model.renorm_()
+                ok = all(p.isfinite().all().item() for p in mats)
+        if not ok:
+            restore(mats, saved)
+            return k
+    return steps
+
+
+def phase_gradient(mats: list[nn.Parameter], fwd, tokens, idx, mask, micro: int, autocast) -> torch.Tensor:
+    """The summed gradient of the nll at `mask` of windows idx (rows of positions) on every matrix, flat, with the
+    count of tokens last, summed over the ranks."""
     for p in mats:
         p.requires_grad_(True)
-    for b in range(0, rows, h.ttt_batch_docs):
-        x, y = tokens[idx[b:b + h.ttt_batch_docs]].long(), tokens[idx[b:b + h.ttt_batch_docs] + 1].long()
+    for b in range(0, len(idx), micro):
+        x, y = tokens[idx[b:b + micro]].long(), tokens[idx[b:b + micro] + 1].long()
         with autocast:
             nll = fwd(x, y, reduction="none").float()
-        torch.where(mask[b:b + h.ttt_batch_docs], nll, 0).sum().backward()
+        torch.where(mask[b:b + micro], nll, 0).sum().backward()
     flat = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros_like(p).flatten() for p in mats]
                      + [mask.sum().view(1).float()])
     for p in mats:
@@ -938,16 +1053,7 @@ def adapt_base(model: nn.Module, fwd, tokens: torch.Tensor, starts: list[int], l
         p.grad = None
     if dist.is_initialized():
         dist.all_reduce(flat)
-    ok = bool(flat.isfinite().all().item()) and flat[-1].item() > 0
-    if ok:
-        with torch.no_grad():
-            for p, grad in zip(mats, (flat[:-1] / flat[-1]).split([p.numel() for p in mats])):
-                p.sub_(grad.view_as(p), alpha=h.ttt_phase_lr)
-            model.renorm_()
-            ok = all(bool(p.isfinite().all().item()) for p in mats)
-    if not ok:
-        restore(mats, saved)
-    return ok
+    return flat
 
 
 @torch.no_grad()
@@ -967,15 +1073,31 @@ def initial_adapters(model: nn.Module, h, device) -> dict:
 
 
 class Rates(NamedTuple):
-    """TTT's measured throughputs, window tokens per second on this rank: adapting, and forward only."""
+    """TTT's throughputs on this rank, measured by ttt_warm_up and then on the pass itself: scored tokens per second
+    adapting; window tokens per second forward only; forward-only window tokens per scored token (long documents
+    read more: a window per chunk past the first EVAL_SEQ_LEN tokens)."""
     adapted: float
     forward: float
+    forward_ratio: float
 
 
 def past_deadline(now: float, deadline: float, adapt_s: float, forward_s: float) -> bool:
-    """Whether adapting the next batch (adapt_s) and then scoring every document after it forward only (forward_s),
+    """Whether adapting the next segment (adapt_s) and then scoring every document after it forward only (forward_s),
     each DEADLINE_MARGIN times as long, would end past the deadline."""
     return now + DEADLINE_MARGIN * (adapt_s + forward_s) > deadline
+
+
+def segment_late(seg: Segment, n_targets: int, now: float, deadline: float, rates: Rates, span: int, world: int) -> bool:
+    """The deadline's decision before a segment, the same on every rank (the latest rank's, one all-reduce), from
+    what lies before the segment only: the targets left from its first BOS on, its nominal span, this rank's rates
+    (so far: ttt_pass measures them as it goes)."""
+    left = (n_targets - seg.first) / world
+    mine = min(left, span / world)
+    late = past_deadline(now, deadline, mine / rates.adapted, (left - mine) * rates.forward_ratio / rates.forward)
+    flag = torch.tensor(float(late))
+    if world > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 @contextlib.contextmanager
@@ -993,86 +1115,83 @@ def frozen(model: nn.Module):
 def evaluate_ttt(model: nn.Module, tokens: torch.Tensor, luts, h, bos: int, autocast, fwd=None,
                  per_target: torch.Tensor | None = None, deadline: float | None = None, rates: Rates | None = None,
                  clock=time.perf_counter) -> tuple[float, float, dict]:
-    """(val_loss, val_bpb, info) with test-time training. Each rank scores its batches (ttt_batches) with ttt_batch:
-    a rank-TTT_RANK adapter per matrix in TTT_TARGETS, fresh for every document. With TTT_PHASES, after every group
-    but the last, the base weights take a phase_step over the group's documents (all scored by then; later groups lie
-    after them in the stream), and the next group starts from them; the base weights are restored at the end.
-    With a deadline (a `clock` time), from the first batch past_deadline finds too late to adapt (at the adapted
-    rate measured so far, first the warm-up's, and the warm-up's forward-only rate: `rates`), every document left is
-    scored forward only (score_forward: the TTT_LR=0 scores in a few batched forwards), and no more phase steps run.
+    """(val_loss, val_bpb, info) with test-time training, segment after segment (ttt_segments): each rank scores its
+    share (rank_batches) with ttt_batch, a rank-TTT_RANK adapter per matrix in TTT_TARGETS, fresh for every document.
+    With TTT_PHASES, where a phase group ends the base weights take adapt_base's steps over the group's documents
+    (all scored by then; later groups lie after them in the stream), and later groups start from them; the base
+    weights are restored at the end.
+    With a deadline (a `clock` time): from the first segment segment_late finds too late to adapt (from the rates of
+    the warm-up, then of this pass), every document left is scored forward only (score_forward: the TTT_LR=0 scores
+    in a few batched forwards) and no more phase steps run. Every decision depends on the tokens before the segment
+    only, so no score depends on a later token, deadline or not.
     info: docs, tokens, bytes, nonfinite (documents that lost their adaptation), unadapted (by the deadline),
-    deadline_at (seconds into this pass when this rank's deadline struck), phase_steps (taken), window_tokens and
-    forward_tokens (this rank's work, adapted and forward only), longest_batch_s (this rank's longest adapted batch:
-    how far past the deadline the pass may end). per_target (2, N-1), on the tokens' device, if given, gets each
-    target's nll and count (one rank: the tests)."""
+    deadline_at (seconds into this pass when the deadline struck), phase_steps (taken), window_tokens and
+    forward_tokens (this rank's work, adapted and forward only), longest_segment_s (this rank's longest adapted
+    segment: how far past the deadline the pass may end). per_target (2, N-1), on the tokens' device, if given, gets
+    each target's nll and count (one rank: the tests)."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     if deadline is not None and rates is None:
         raise ValueError("a deadline needs the measured TTT rates (ttt_warm_up)")
-    device, t0 = tokens.device, clock()
+    t0 = clock()
     starts, lengths = documents(tokens, bos)
-    init = initial_adapters(model, h, device)
-    groups = ttt_batches(lengths, h, rank, world)
-    work, later = deadline_measures([docs for group in groups for docs in group], starts, lengths, h)
-    sums, bad, unadapted, at = torch.zeros(3, dtype=torch.float64, device=device), [], [], None
+    hints = ngram_hints(tokens, h.tilt_order, h.tilt_threshold) if h.tilt_order else None
     base = [p.detach().clone() for p in model.matrices()] if h.ttt_phases else []
-    fwd, i, steps, done, longest = model if fwd is None else fwd, 0, 0, 0, 0.0
     with frozen(model):
-        for g, group in enumerate(groups):
-            for docs in group:
-                now = clock()
-                if at is None and deadline is not None:
-                    rate = sum(work[:i]) / (now - t0) if i > 0 else rates.adapted
-                    if past_deadline(now, deadline, work[i] / rate, later[i] / rates.forward):
-                        at = now - t0
-                if at is None:
-                    s, dropped, _ = ttt_batch(fwd, tokens, *spans(docs, starts, lengths), init, luts, h, autocast,
-                                              per_target)
-                    sums += s
-                    bad += [docs[r] for r in dropped]
-                    done += work[i]
-                    longest = max(longest, clock() - now)
-                else:
-                    unadapted += docs
-                i += 1
-            if g < len(groups) - 1:
-                mine = [d for docs in group for d in docs]
-                steps += phase_step(model, fwd, tokens, *spans(mine, starts, lengths), at is not None, h, autocast)
-        rows = forward_rows(*spans(unadapted, starts, lengths), h.ttt_chunk, h.eval_seq_len)
-        s, forward_tokens = score_forward(fwd, tokens, rows, luts, h, autocast, per_target)
-        sums += s
+        out = ttt_pass(model if fwd is None else fwd, model, tokens, hints, starts, lengths, luts, h, autocast,
+                       per_target, deadline, rates, clock, t0, rank, world)
         restore(model.matrices(), base)
+    sums, info = out
+    info["hints"] = None if hints is None else int((hints >= 0).sum().item())
     if world > 1:
         dist.all_reduce(sums)
-        bad, unadapted, at = all_ranks(bad, unadapted, at, world)
+        info["nonfinite"], info["unadapted"], info["deadline_at"] = all_ranks(
+            info["nonfinite"], info["unadapted"], info["deadline_at"], world)
     loss = (sums[0] / sums[1]).item()
-    info = dict(docs=len(starts), tokens=int(sums[1].item()), bytes=int(sums[2].item()), nonfinite=sorted(bad),
-                unadapted=sorted(unadapted), deadline_at=at, phase_steps=steps, window_tokens=done,
-                forward_tokens=forward_tokens, longest_batch_s=longest)
+    info.update(docs=len(starts), tokens=int(sums[1].item()), bytes=int(sums[2].item()),
+                nonfinite=sorted(info["nonfinite"]), unadapted=sorted(info["unadapted"]))
     return loss, loss / math.log(2) * (sums[1] / sums[2]).item(), info
+
+
+def ttt_pass(fwd, model, tokens, hints, starts, lengths, luts, h, autocast, per_target, deadline, rates, clock, t0,
+             rank, world) -> tuple[torch.Tensor, dict]:
+    """evaluate_ttt's loop on this rank: its (nll, tokens, bytes) sums and its part of the info."""
+    span, n_targets = SEGMENT_BATCHES * world * h.ttt_batch_docs * h.eval_seq_len, tokens.numel() - 1
+    init = initial_adapters(model, h, tokens.device)
+    sums = torch.zeros(3, dtype=torch.float64, device=tokens.device)
+    info = dict(nonfinite=[], unadapted=[], deadline_at=None, phase_steps=0, window_tokens=0, longest_segment_s=0.0)
+    group, scored, forward_windows = [], 0, 0  # the phase group's documents; this pass's adapted tokens, their rows
+    for seg in ttt_segments(starts, lengths, h, world):
+        batches = rank_batches(seg.docs, lengths, h, rank, world)
+        mine = [d for docs in batches for d in docs]
+        now = clock()
+        if info["deadline_at"] is None and deadline is not None:
+            pace = rates if not scored else Rates(scored / (now - t0), rates.forward, forward_windows / scored)
+            if segment_late(seg, n_targets, now, deadline, pace, span, world):
+                info["deadline_at"] = now - t0
+        if info["deadline_at"] is not None:
+            info["unadapted"] += mine
+            continue
+        for docs in batches:
+            s, dropped, work = ttt_batch(fwd, tokens, *spans(docs, starts, lengths), init, luts, h, autocast, per_target,
+                                         hints)
+            sums += s
+            info["nonfinite"] += [docs[r] for r in dropped]
+            info["window_tokens"] += work
+        scored += sum(lengths[d] for d in mine)
+        forward_windows += row_tokens(forward_rows(*spans(mine, starts, lengths), h.ttt_chunk, h.eval_seq_len))
+        info["longest_segment_s"] = max(info["longest_segment_s"], clock() - now)
+        group += mine
+        if seg.phase_after:  # every rank here together (the deadline's decisions are shared)
+            info["phase_steps"] += adapt_base(model, fwd, tokens, *spans(group, starts, lengths), h, autocast)
+            group = []
+    rows = forward_rows(*spans(info["unadapted"], starts, lengths), h.ttt_chunk, h.eval_seq_len)
+    s, info["forward_tokens"] = score_forward(fwd, tokens, rows, luts, h, autocast, per_target, hints)
+    return sums + s, info
 
 
 def spans(docs: list[int], starts: list[int], lengths: list[int]) -> tuple[list[int], list[int]]:
     """The starts and the lengths of these documents."""
     return [starts[d] for d in docs], [lengths[d] for d in docs]
-
-
-def deadline_measures(batches: list[list[int]], starts: list[int], lengths: list[int], h) -> tuple[list, list]:
-    """What the deadline weighs, per batch: the window tokens adapting it reads, and the tokens that scoring every
-    batch after it forward only reads."""
-    work = [window_work([lengths[d] for d in docs], h.ttt_chunk, h.eval_seq_len) for docs in batches]
-    rows = [row_tokens(forward_rows(*spans(docs, starts, lengths), h.ttt_chunk, h.eval_seq_len)) for docs in batches]
-    return work, [sum(rows[i + 1:]) for i in range(len(rows))]
-
-
-def phase_step(model: nn.Module, fwd, tokens, starts: list[int], lengths: list[int], late: bool, h, autocast) -> int:
-    """After a group of documents: phased TTT's base-weight step (adapt_base) over them, on every rank together, none
-    once any rank's deadline has struck (one all-reduce). Returns the steps taken (0 or 1)."""
-    flag = torch.tensor(float(late), device=tokens.device)
-    if dist.is_initialized():
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    if flag.item() or h.ttt_phase_lr == 0:
-        return 0
-    return int(adapt_base(model, fwd, tokens, starts, lengths, h, autocast))
 
 
 def all_ranks(bad: list, unadapted: list, at: float | None, world: int) -> tuple[list, list, float | None]:
@@ -1096,27 +1215,29 @@ def warm_up_documents(h, world: int, vocab_size: int, bos: int, gen: torch.Gener
 def ttt_warm_up(model: nn.Module, fwd, tokens: torch.Tensor, luts, h, bos: int, autocast, sync) -> Rates:
     """Compile TTT's graphs on `tokens` (warm_up_documents: never validation tokens) and measure its rates: one batch
     of the longest documents adapted, then every document forward only, twice each (the first compiles, the second is
-    timed, `sync` before each reading of the clock). With TTT_PHASES, the base-weight step's graph too (undone)."""
+    timed, `sync` before each reading of the clock: the longest documents adapt slowest per token, a cautious first
+    rate). With TTT_PHASES, the base-weight step's graph too (undone)."""
     starts, lengths = documents(tokens, bos)
     init = initial_adapters(model, h, tokens.device)
+    hints = ngram_hints(tokens, h.tilt_order, h.tilt_threshold) if h.tilt_order else None
     longest = sorted(range(len(starts)), key=lambda d: -lengths[d])[:max(2, h.ttt_batch_docs)]
-    batch = [starts[d] for d in longest], [lengths[d] for d in longest]
+    batch = spans(longest, starts, lengths)
     rows = forward_rows(starts, lengths, h.ttt_chunk, h.eval_seq_len)
     with frozen(model):
         for _ in range(2):
             sync()
             t0 = time.perf_counter()
-            work = ttt_batch(fwd, tokens, *batch, init, luts, h, autocast)[2]
+            ttt_batch(fwd, tokens, *batch, init, luts, h, autocast, hints=hints)
             sync()
             t1 = time.perf_counter()
-            score_forward(fwd, tokens, rows, luts, h, autocast)
+            score_forward(fwd, tokens, rows, luts, h, autocast, hints=hints)
             sync()
             t2 = time.perf_counter()
         if h.ttt_phases:  # its weight gradients are a graph of their own
             saved = [p.detach().clone() for p in model.matrices()]
             adapt_base(model, fwd, tokens, starts, lengths, h, autocast)
             restore(model.matrices(), saved)
-    return Rates(work / (t1 - t0), row_tokens(rows) / (t2 - t1))
+    return Rates(sum(batch[1]) / (t1 - t0), row_tokens(rows) / (t2 - t1), row_tokens(rows) / sum(lengths))
 
 
 def batch_adapters(lora: dict) -> dict:
@@ -1784,7 +1905,8 @@ class Run:
         self.log(f"{'ttt' if h.ttt else 'eval'}_warmup_time:{1000 * (time.perf_counter() - t0):.0f}ms "
                  "(random tokens, before the evaluation clock)")
         if rates:
-            self.log(f"ttt_rates adapted:{rates.adapted:.0f} forward_only:{rates.forward:.0f} window tokens/s per rank")
+            self.log(f"ttt_rates adapted:{rates.adapted:.0f} scored tokens/s, forward_only:{rates.forward:.0f} window "
+                     f"tokens/s, forward_windows_per_token:{rates.forward_ratio:.2f} per rank")
         return rates
 
     def score(self, path: str, pre_bpb: float) -> None:
@@ -1864,7 +1986,7 @@ class Run:
         self.log(f"ttt_nonfinite_docs:{len(bad)}" + (f" first:{','.join(map(str, bad[:20]))}" if bad else ""))
         if late:
             self.log(f"ttt_deadline docs_unadapted:{len(late)} at:{t0 - t_eval + info['deadline_at']:.1f}s "
-                     f"forward_only_tokens:{info['forward_tokens']} longest_adapted_batch:{info['longest_batch_s']:.1f}s "
+                     f"forward_only_tokens:{info['forward_tokens']} longest_adapted_segment:{info['longest_segment_s']:.1f}s "
                      f"first:{','.join(map(str, late[:20]))}")
 
     def close(self) -> None:

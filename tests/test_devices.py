@@ -40,7 +40,8 @@ def on_device(model, *tensors):
     return [put(t.clone()) for t in tensors]
 
 
-@pytest.mark.parametrize("env", [dict(TTT_PHASES=2, TTT_PHASE_LR=0.05), dict(TTT_LR=1e30)], ids=["phases", "nonfinite"])
+@pytest.mark.parametrize("env", [dict(TTT_PHASES=2, TTT_PHASE_DOCS=4, TTT_PHASE_LR=0.05), dict(TTT_LR=1e30)],
+                         ids=["phases", "nonfinite"])
 def test_ttt_and_its_deadline_keep_host_and_device_apart(env):
     """TTT with phases, with the non-finite re-score, and with a deadline that strikes after the first batch, its
     warm-up measuring the rates; the scores equal those of the same pass on host tensors."""
@@ -51,17 +52,18 @@ def test_ttt_and_its_deadline_keep_host_and_device_apart(env):
         dev_tokens, *luts = on_device(model, tokens, *tt.luts())
         per_target = torch.zeros(2, tokens.numel() - 1, dtype=torch.float64, device=DEVICE)
         loss, bpb, info = evaluate_ttt(model, dev_tokens, luts, h, tt.BOS, NO_AUTOCAST, per_target=per_target)
-        same = {k: v for k, v in info.items() if k != "longest_batch_s"}
+        same = {k: v for k, v in info.items() if k != "longest_segment_s"}
         assert loss == pytest.approx(want[0], rel=1e-9) and same == {k: want[2][k] for k in same}
         assert (per_target[1] == 1).all().item()
         warm = train_gpt.warm_up_documents(h, 1, tt.VOCAB, tt.BOS, torch.Generator().manual_seed(0)).to(DEVICE)
         rates = train_gpt.ttt_warm_up(model, model, warm, luts, h, tt.BOS, NO_AUTOCAST, lambda: None)
-        now = [0.0]
+        assert min(rates) > 0
+        now, fast = [0.0], train_gpt.Rates(1e9, 1e9, 1.0)  # rates that cannot bring the deadline forward
 
-        def clock():  # one fake second per call: the deadline at 3 strikes after the first batch
+        def clock():  # one fake second per reading: the deadline at 3 strikes after the first segment
             now[0] += 1.0
             return now[0]
-        info = evaluate_ttt(model, dev_tokens, luts, h, tt.BOS, NO_AUTOCAST, deadline=3.0, rates=rates, clock=clock)[2]
+        info = evaluate_ttt(model, dev_tokens, luts, h, tt.BOS, NO_AUTOCAST, deadline=3.0, rates=fast, clock=clock)[2]
         assert 0 < len(info["unadapted"]) < info["docs"] and info["forward_tokens"] > 0
     assert mode.checked > 1000
     assert "nonfinite" not in env or want[2]["nonfinite"], "an lr of 1e30 should make some document non-finite"

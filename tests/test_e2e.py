@@ -203,7 +203,7 @@ def test_evaluation_deadline_on_two_ranks(launched, tiny_shards):
     assert run.codes == [0, 0], run.err[0][-3000:] + run.err[1][-3000:]
     log = (run.cwd / "logs" / "options.txt").read_text()
     late = re.search(r"(?m)^ttt_deadline docs_unadapted:(\d+) at:(\d+\.\d)s forward_only_tokens:(\d+) "
-                     r"longest_adapted_batch:(\d+\.\d)s first:[\d,]+$", log)
+                     r"longest_adapted_segment:(\d+\.\d)s first:[\d,]+$", log)
     forward_rate = float(re.search(r"(?m)^ttt_rates adapted:\d+ forward_only:(\d+) ", log).group(1))
     phase_s = int(re.search(r"(?m)^eval_phase_time:(\d+)ms$", log).group(1)) / 1000
     print(late.group(0), f"eval_phase_time {phase_s:.2f} s, budget {BUDGET_S} s, forward rate {forward_rate:.0f}/s")

@@ -133,13 +133,14 @@ def test_ttt_compiles_one_graph_for_every_batch_and_width():
     assert loss == pytest.approx(eager, rel=1e-3)
 
 
-def test_nothing_compiles_after_the_warm_up_whatever_the_pass_meets():
+@pytest.mark.parametrize("tilt", ["0", "2"])
+def test_nothing_compiles_after_the_warm_up_whatever_the_pass_meets(tilt):
     """The warm-up (random tokens, before the evaluation clock) compiles every graph TTT uses: a pass that then meets
     non-finite scores (their re-score), phase steps and a deadline (every document forward only) compiles nothing
     more. Before, the re-score's adapters were built under grad and called under no_grad: dynamo recompiled
     ("requires_grad mismatch") inside the evaluation clock, minutes at full depth."""
     import test_ttt as tt
-    h, model = tt.tiny(TTT_BATCH_DOCS=2, TTT_PHASES=2, TTT_PHASE_LR=0.05)
+    h, model = tt.tiny(TTT_BATCH_DOCS=2, TTT_PHASES=2, TTT_PHASE_DOCS=3, TTT_PHASE_LR=0.05, TILT_ORDER=tilt)
     graphs, autocast = [], torch.autocast(**BF16)
     torch._dynamo.reset()
     fwd = train_gpt.StagedForward(model, counting_compile(graphs))

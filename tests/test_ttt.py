@@ -277,36 +277,35 @@ def test_adapted_projections_keep_the_matmul_dtype():
         assert block.mm(x.bfloat16(), "o", lora).dtype == torch.bfloat16
 
 
-def test_deadline_scores_the_rest_unadapted_within_budget_plus_one_batch(monkeypatch):
-    """A budget too small to adapt the split (but enough to score it forward only): from the first batch whose
+def test_deadline_scores_the_rest_unadapted_within_budget_plus_one_segment(monkeypatch):
+    """A budget too small to adapt the split (but enough to score it forward only): from the first segment whose
     adaptation would not leave time to score the rest forward only, documents are scored forward only. On a clock that
     advances by each step's work at given rates (a fake one: timing on a loaded CPU proves nothing; the rates are what
-    the warm-up measures), the pass ends within the budget plus one adapted batch; every target is still scored
+    the warm-up measures), the pass ends within the budget plus one adapted segment; every target is still scored
     exactly once with the plain bytes; the unadapted documents score as with TTT_LR=0."""
     h, model = tiny(TTT_BATCH_DOCS=2)
     tokens = stream(n=1500)
     _, _, full, _ = scores(h, model, tokens)
     assert full["unadapted"] == [] and full["deadline_at"] is None and full["forward_tokens"] == 0
-    rates, now, batches = train_gpt.Rates(adapted=1000.0, forward=5000.0), [0.0], []
-    real_batch, real_forward = train_gpt.ttt_batch, train_gpt.score_forward
+    starts, lengths = documents(tokens, BOS)
+    rows = train_gpt.forward_rows(starts, lengths, h.ttt_chunk, h.eval_seq_len)
+    rates = train_gpt.Rates(adapted=1000.0, forward=5000.0, forward_ratio=train_gpt.row_tokens(rows) / sum(lengths))
+    now, real_batch, real_forward = [0.0], train_gpt.ttt_batch, train_gpt.score_forward
 
-    def timed_batch(*args, **kwargs):
-        out = real_batch(*args, **kwargs)
-        now[0] += out[2] / rates.adapted
-        batches.append(out[2] / rates.adapted)
-        return out
+    def timed_batch(fwd, tokens, starts, lengths, *args, **kwargs):
+        now[0] += sum(lengths) / rates.adapted
+        return real_batch(fwd, tokens, starts, lengths, *args, **kwargs)
 
     def timed_forward(fwd, tokens, rows, *args, **kwargs):
         now[0] += train_gpt.row_tokens(rows) / rates.forward
         return real_forward(fwd, tokens, rows, *args, **kwargs)
     monkeypatch.setattr(train_gpt, "ttt_batch", timed_batch)
     monkeypatch.setattr(train_gpt, "score_forward", timed_forward)
-    starts, lengths = documents(tokens, BOS)
-    all_forward = train_gpt.row_tokens(train_gpt.forward_rows(starts, lengths, h.ttt_chunk, h.eval_seq_len)) / rates.forward
-    budget = all_forward + 0.3 * full["window_tokens"] / rates.adapted
+    budget = train_gpt.row_tokens(rows) / rates.forward + 0.3 * sum(lengths) / rates.adapted
     loss, bpb, info, per_target = scores(h, model, tokens, deadline=budget, rates=rates, clock=lambda: now[0])
-    print(f"budget {budget:.3f} fake s, ended at {now[0]:.3f}; {len(info['unadapted'])} of {info['docs']} unadapted")
-    assert now[0] <= budget + max(batches)
+    print(f"budget {budget:.3f} fake s, ended at {now[0]:.3f}; {len(info['unadapted'])} of {info['docs']} unadapted; "
+          f"longest segment {info['longest_segment_s']:.3f} s")
+    assert now[0] <= budget + info["longest_segment_s"]
     assert 0 < len(info["unadapted"]) < info["docs"] and info["deadline_at"] is not None
     assert info["forward_tokens"] > 0
     assert (per_target[1] == 1).all() and info["bytes"] == full["bytes"] and info["tokens"] == full["tokens"]
@@ -355,7 +354,7 @@ def test_forward_batches_never_make_a_shape_that_compiles_anew():
 def test_phased_adaptation_keeps_causality(t):
     """With phases (SGD on the base weights between groups of documents in stream order), targets up to token t
     keep their scores when any tokens after t change, and the phases do change later scores."""
-    h, model = tiny(TTT_PHASES=2, TTT_PHASE_LR=0.05)
+    h, model = tiny(TTT_PHASES=2, TTT_PHASE_DOCS=3, TTT_PHASE_LR=0.05)
     h0, _ = tiny()
     tokens = stream()
     _, _, info, before = scores(h, model, tokens)
@@ -372,7 +371,7 @@ def test_phased_adaptation_keeps_causality(t):
 def test_no_base_update_uses_a_document_before_it_is_scored(monkeypatch):
     """Every document a phase step trains on has all its targets scored already; the base weights are back as they
     were after the pass."""
-    h, model = tiny(TTT_PHASES=3, TTT_PHASE_LR=0.05)
+    h, model = tiny(TTT_PHASES=3, TTT_PHASE_DOCS=4, TTT_PHASE_LR=0.05)
     tokens = stream(n=1500)
     per_target = torch.zeros(2, tokens.numel() - 1, dtype=torch.float64)
     real, calls = train_gpt.adapt_base, []
