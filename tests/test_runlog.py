@@ -176,3 +176,26 @@ def test_cli_text_json_and_help(tmp_path):
     assert bad.returncode == 1 and "format not recognized" in bad.stderr and len(bad.stderr.splitlines()) == 1
     missing = subprocess.run(RUNLOG + [str(tmp_path / "nope.txt")], capture_output=True, text=True)
     assert missing.returncode == 2 and len(missing.stderr.splitlines()) == 1
+
+
+def test_ngpt_warm_up_rates_deadline_and_flash_attention_lines(tmp_path):
+    """The lines a GPU call is sized from, as train_gpt.py prints them: the training's compile and warm-up time, the
+    TTT warm-up's time and measured rates, the deadline's line, FlashAttention 3's check (or its absence)."""
+    body = ("run_id:gc\nflash_attn_3: agrees with SDPA (eager and compiled, ops fwd: max abs difference 0.0039)\n"
+            "world_size:1 grad_accum_steps:8 flash_attn_3:True\n"
+            "warmup_steps:2 done, weights and optimizer state restored warmup_time:31234ms (compiles + warm-up steps, "
+            "before the clock)\n"
+            "step:40/20000 train_loss:5.1000 train_time:37000ms step_avg:925.00ms\n"
+            "ttt_warmup_time:45678ms (random tokens, before the evaluation clock)\n"
+            "ttt_rates adapted:123456 forward_only:654321 window tokens/s per rank\n"
+            "ttt_deadline docs_unadapted:40 at:0.3s forward_only_tokens:98765 longest_adapted_batch:1.5s first:3,4\n")
+    log = parse_log(write(tmp_path / "a.txt", FAKE_SOURCE + "\n" + SEPARATOR + "\n" + body))
+    assert (log["warmup_steps"], log["train_warmup_time_ms"], log["warmup_time_ms"]) == (2, 31234.0, 45678.0)
+    assert log["ttt_rates"] == {"adapted": 123456.0, "forward_only": 654321.0}
+    assert log["ttt_deadline"] == {"docs_unadapted": 40, "at_s": 0.3, "forward_only_tokens": 98765,
+                                   "longest_adapted_batch_s": 1.5} and log["ttt_docs_unadapted"] == 40
+    assert log["flash_attn_3"] == "agrees with SDPA (eager and compiled, ops fwd: max abs difference 0.0039)"
+    assert (log["world_size"], log["grad_accum_steps"], log["step_avg_ms"]) == (1, 8, 925.0)
+    plain = parse_log(write(tmp_path / "b.txt", "run_id:gc\nworld_size:1 grad_accum_steps:8 flash_attn_3:False\n"))
+    assert plain["flash_attn_3"] == "not in use (SDPA)" and plain["ttt_rates"] is None and plain["ttt_deadline"] is None
+    assert plain["train_warmup_time_ms"] is None and plain["world_size"] == 1

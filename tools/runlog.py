@@ -90,6 +90,11 @@ def _int(value: str | None) -> int | None:
     return int(number) if number is not None and number.is_integer() else None
 
 
+def _seconds(value: str | None) -> float | None:
+    """'12.5s' -> 12.5."""
+    return _num(value.removesuffix("s")) if value else None
+
+
 def _minutes_ms(value: str | None) -> float | None:
     """'9.9m' (official-april's train_time) -> 594000.0."""
     number = _num((value or "").removesuffix("m")) if (value or "").endswith("m") else _num(value)
@@ -161,7 +166,8 @@ def _new_log(path: Path, source: str | None) -> dict:
         "eval_time_ms": None, "eval_time_source": None, "warmup_time_ms": None, "eval_phase_compiles": None,
         "train_phase_compiles": None, "submission_bytes": None, "errors": [], "nonfinite": [], "sliding_score": None,
         "ttt_score": None, "ttt": None, "ttt_docs_unadapted": None, "export_time_ms": None,
-        "artifact_load_time_ms": None, "peak_memory": {}, "gptq_fallback": [],
+        "artifact_load_time_ms": None, "peak_memory": {}, "gptq_fallback": [], "warmup_steps": None,
+        "train_warmup_time_ms": None, "ttt_rates": None, "ttt_deadline": None, "flash_attn_3": None,
     }
 
 
@@ -219,6 +225,19 @@ def _ngpt_line(log: dict, line: str, f: dict) -> bool:
         log["ttt_docs_unadapted"] = log["ttt_docs_unadapted"] or 0
     elif line.startswith("ttt_deadline "):
         log["ttt_docs_unadapted"] = _int(f.get("docs_unadapted"))
+        log["ttt_deadline"] = {"docs_unadapted": _int(f.get("docs_unadapted")), "at_s": _seconds(f.get("at")),
+                               "forward_only_tokens": _int(f.get("forward_only_tokens")),
+                               "longest_adapted_batch_s": _seconds(f.get("longest_adapted_batch"))}
+    elif line.startswith("ttt_rates "):
+        log["ttt_rates"] = {"adapted": _num(f.get("adapted")), "forward_only": _num(f.get("forward_only"))}
+    elif line.startswith("warmup_steps:"):  # the training's compiles and warm-up steps, before its clock
+        log["warmup_steps"], log["train_warmup_time_ms"] = _int(f["warmup_steps"]), _num(f.get("warmup_time"))
+    elif line.startswith("flash_attn_3: "):  # the start-up check: agrees with SDPA, or falls back to it
+        log["flash_attn_3"] = line[len("flash_attn_3: "):]
+    elif line.startswith("world_size:"):
+        log["world_size"], log["grad_accum_steps"] = _int(f.get("world_size")), _int(f.get("grad_accum_steps"))
+        if log["flash_attn_3"] is None and "flash_attn_3" in f:
+            log["flash_attn_3"] = "in use" if f["flash_attn_3"] == "True" else "not in use (SDPA)"
     elif line.startswith("export "):
         log["export_time_ms"] = _num(f.get("export_time"))
     elif line.startswith("peak_memory "):
@@ -362,8 +381,11 @@ def parse_log(path: str | Path) -> dict:
     final_ttt_roundtrip passes), ttt {gain_bpb, vs, docs, tokens, time_ms, full_split_8x_s} from `ttt gain_bpb:...`,
     ttt_docs_unadapted (ttt_deadline's docs_unadapted, 0 without that line once TTT ran), export_time_ms,
     artifact_load_time_ms, peak_memory {phase: {allocated_mib, reserved_mib, maxrss_mib}} (phase train, calibration,
-    eval, ttt; a line without phase: is "train"), gptq_fallback [{count, matrices}]. official-april alone:
-    total_eval_time_ms.
+    eval, ttt; a line without phase: is "train"), gptq_fallback [{count, matrices}], warmup_steps and
+    train_warmup_time_ms (`warmup_steps:N done ... warmup_time:Tms`: the training's compiles and warm-up steps, before
+    its clock), ttt_rates {adapted, forward_only} (window tokens/s per rank, measured in the TTT warm-up), ttt_deadline
+    {docs_unadapted, at_s, forward_only_tokens, longest_adapted_batch_s}, flash_attn_3 (the start-up check's verdict,
+    else "in use" / "not in use (SDPA)" from the world_size line). official-april alone: total_eval_time_ms.
     """
     path = Path(path)
     source, body = split_source(path.read_bytes().decode("utf-8", errors="replace"))

@@ -1,6 +1,6 @@
 """The tiny configurations, in one place: tests/conftest.py's CPU runs (TINY_RUN), tools/gpu_check.py's dry run
-(TINY_TRAIN for train_gpt.py, TINY_BENCH for tools/bench.py, both at TINY_SHAPE) and tools/demo.py's larger one
-(DEMO). Values are environment variables (strings) for train_gpt.py and bench.py."""
+(TINY_TRAIN, its train step's), both at TINY_SHAPE, and tools/demo.py's larger one (DEMO). Values are environment
+variables (strings) for train_gpt.py."""
 
 TINY_SHAPE = dict(NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", TRAIN_SEQ_LEN="64")
 # the test suite's runs (40 steps, validation every 20, no wall clock cap)
@@ -13,7 +13,6 @@ TINY_TRAIN = dict(TINY_SHAPE, TRAIN_BATCH_TOKENS="4096", ITERATIONS="8", WARMUP_
                   LR_WARMUP_STEPS="1",
                   MUON_MOMENTUM_WARMUP_STEPS="4", VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="1", EVAL_STRIDE="32",
                   EVAL_BATCH_SEQS="32", VAL_BATCH_SIZE="65536")
-TINY_BENCH = ["--device", "cpu", "--steps", "3", "--warmup", "1", "--batch-tokens", "512"]  # bench.py's arguments
 # tools/demo.py: larger, to learn something in 90 s of CPU time
 DEMO = dict(NUM_LAYERS="4", MODEL_DIM="128", NUM_HEADS="4", NUM_KV_HEADS="2", MLP_MULT="3", TRAIN_SEQ_LEN="256",
             TRAIN_BATCH_TOKENS="16384", ITERATIONS="400", WARMUP_STEPS="3", WARMDOWN_ITERS="100", VAL_LOSS_EVERY="100",
