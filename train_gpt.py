@@ -109,6 +109,8 @@ HPARAMS = dict(  # every one an environment variable of the same name; the READM
     TTT_RANK=16,  # rank of each adapter
     TTT_TARGETS="k,o,up,down,head",  # what adapts: any of q,k,v,o,up,down,head
     TTT_BATCH_DOCS=32,  # documents adapted side by side per rank
+    TTT_PLAN=0.8,  # > 0: the finest of TTT_CHUNK, /2, /4, /8 whose pass the warm-up's rates project to end within this
+    # share of the evaluation time left when TTT starts (EVAL_BUDGET_SECONDS); 0: TTT_CHUNK as given
     TTT_PHASES=0,  # phased TTT: after each of this many groups of TTT_PHASE_DOCS documents (stream order), SGD on
     TTT_PHASE_DOCS=833,  # the base weights over the group's scored tokens (all ranks averaged), rows renormalized
     TTT_PHASE_LR=0.5,  # (#1855: 3 phases of 833 documents); the SGD learning rate (P1's best)
@@ -178,6 +180,7 @@ def check_config(h, world: int) -> None:
         (not {h.ttt, h.gpu_numerics, h.eval_sliding} <= {0, 1},
          f"TTT={h.ttt}, GPU_NUMERICS={h.gpu_numerics} and EVAL_SLIDING={h.eval_sliding} must each be 0 or 1"),
         (h.eval_budget_seconds < 0, f"EVAL_BUDGET_SECONDS={h.eval_budget_seconds} must be >= 0 (0: no deadline)"),
+        (not 0 <= h.ttt_plan <= 1, f"TTT_PLAN={h.ttt_plan} must be in [0, 1]"),
         (h.ttt and (h.ttt_lr < 0 or min(h.ttt_chunk, h.ttt_rank, h.ttt_batch_docs) < 1),
          "TTT_LR must be >= 0, TTT_CHUNK, TTT_RANK and TTT_BATCH_DOCS >= 1"),
         (h.tilt_order < 0 or h.tilt_order == 1 or not 0 < h.tilt_threshold <= 1 or h.tilt_boost < 0,
@@ -1202,42 +1205,71 @@ def all_ranks(bad: list, unadapted: list, at: float | None, world: int) -> tuple
             min((part[2] for part in gathered if part[2] is not None), default=None))
 
 
-def warm_up_documents(h, world: int, vocab_size: int, bos: int, gen: torch.Generator) -> torch.Tensor:
-    """Random tokens (host) cut into documents of every length from TTT_CHUNK / 2 to EVAL_SEQ_LEN + TTT_CHUNK, enough
-    for two batches per rank: the shapes TTT meets, without reading a validation token."""
+def warm_up_documents(h, world: int, vocab_size: int, bos: int, gen: torch.Generator,
+                      doc_lengths: list[int] | None = None) -> torch.Tensor:
+    """Random tokens (host) cut into documents, enough for two batches per rank: without reading a validation token,
+    the shapes TTT meets and its rates on documents like the split's. Their lengths are drawn from doc_lengths (the
+    training shard's), else spread from TTT_CHUNK / 2 to EVAL_SEQ_LEN + TTT_CHUNK; one is EVAL_SEQ_LEN + TTT_CHUNK
+    long either way (a window past the first EVAL_SEQ_LEN tokens)."""
     n = 2 * world * h.ttt_batch_docs + 2
-    lengths = torch.linspace(h.ttt_chunk // 2, h.eval_seq_len + h.ttt_chunk, n).long()
+    if doc_lengths:
+        picks = torch.randint(0, len(doc_lengths), (n - 1,), generator=gen).tolist()
+        lengths = torch.tensor([max(2, doc_lengths[i]) for i in picks] + [h.eval_seq_len + h.ttt_chunk])
+    else:
+        lengths = torch.linspace(h.ttt_chunk // 2, h.eval_seq_len + h.ttt_chunk, n).long()
     tokens = torch.randint(0, vocab_size, (int(lengths.sum().item()) + 1,), generator=gen)
     tokens[torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])] = bos
     return tokens
 
 
-def ttt_warm_up(model: nn.Module, fwd, tokens: torch.Tensor, luts, h, bos: int, autocast, sync) -> Rates:
-    """Compile TTT's graphs on `tokens` (warm_up_documents: never validation tokens) and measure its rates: one batch
-    of the longest documents adapted, then every document forward only, twice each (the first compiles, the second is
-    timed, `sync` before each reading of the clock: the longest documents adapt slowest per token, a cautious first
-    rate). With TTT_PHASES, the base-weight step's graph too (undone)."""
+def plan_chunks(h) -> list[int]:
+    """The chunks TTT_PLAN chooses among: TTT_CHUNK and its halvings down to an eighth (at least 4 tokens)."""
+    if h.ttt_plan <= 0 or h.eval_budget_seconds <= 0:
+        return [h.ttt_chunk]
+    return [h.ttt_chunk >> k for k in range(4) if h.ttt_chunk >> k >= 4]
+
+
+def ttt_warm_up(model: nn.Module, fwd, tokens: torch.Tensor, luts, h, bos: int, autocast, sync) -> dict[int, Rates]:
+    """Compile TTT's graphs on `tokens` (warm_up_documents: never validation tokens), then measure its rates for each
+    of plan_chunks (`sync` before each reading of the clock): two batches of documents adapted, every document forward
+    only. With TTT_PHASES, the base-weight step's graph too (undone)."""
     starts, lengths = documents(tokens, bos)
     init = initial_adapters(model, h, tokens.device)
     hints = ngram_hints(tokens, h.tilt_order, h.tilt_threshold) if h.tilt_order else None
-    longest = sorted(range(len(starts)), key=lambda d: -lengths[d])[:max(2, h.ttt_batch_docs)]
-    batch = spans(longest, starts, lengths)
-    rows = forward_rows(starts, lengths, h.ttt_chunk, h.eval_seq_len)
+    sample = list(range(min(len(starts), 2 * h.ttt_batch_docs)))
+    rates = {}
     with frozen(model):
-        for _ in range(2):
-            sync()
-            t0 = time.perf_counter()
-            ttt_batch(fwd, tokens, *batch, init, luts, h, autocast, hints=hints)
-            sync()
-            t1 = time.perf_counter()
-            score_forward(fwd, tokens, rows, luts, h, autocast, hints=hints)
-            sync()
-            t2 = time.perf_counter()
+        ttt_batch(fwd, tokens, *spans(sample[:h.ttt_batch_docs], starts, lengths), init, luts, h, autocast, hints=hints)
+        score_forward(fwd, tokens, forward_rows(starts, lengths, h.ttt_chunk, h.eval_seq_len), luts, h, autocast,
+                      hints=hints)
         if h.ttt_phases:  # its weight gradients are a graph of their own
             saved = [p.detach().clone() for p in model.matrices()]
             adapt_base(model, fwd, tokens, starts, lengths, h, autocast)
             restore(model.matrices(), saved)
-    return Rates(sum(batch[1]) / (t1 - t0), row_tokens(rows) / (t2 - t1), row_tokens(rows) / sum(lengths))
+        for chunk in plan_chunks(h):
+            hc = SimpleNamespace(**{**vars(h), "ttt_chunk": chunk})
+            rows = forward_rows(starts, lengths, chunk, h.eval_seq_len)
+            sync()
+            t0 = time.perf_counter()
+            for b in range(0, len(sample), h.ttt_batch_docs):
+                ttt_batch(fwd, tokens, *spans(sample[b:b + h.ttt_batch_docs], starts, lengths), init, luts, hc,
+                          autocast, hints=hints)
+            sync()
+            t1 = time.perf_counter()
+            score_forward(fwd, tokens, rows, luts, hc, autocast, hints=hints)
+            sync()
+            t2 = time.perf_counter()
+            scored = sum(lengths[d] for d in sample)
+            rates[chunk] = Rates(scored / (t1 - t0), row_tokens(rows) / (t2 - t1), row_tokens(rows) / sum(lengths))
+    return rates
+
+
+def plan_chunk(rates: dict[int, Rates], n_targets: int, world: int, seconds: float, fill: float) -> tuple[int, dict]:
+    """TTT_PLAN's choice: the finest chunk whose pass (n_targets over world ranks at its adapted rate) is projected
+    to take at most fill x seconds, else the coarsest; and each chunk's projected seconds."""
+    projected = {chunk: n_targets / world / r.adapted for chunk, r in rates.items()}
+    fits = [chunk for chunk, p in projected.items() if p <= fill * seconds]
+    return (min(fits) if fits else max(projected)), projected
 
 
 def batch_adapters(lora: dict) -> dict:
@@ -1884,19 +1916,21 @@ class Run:
                      "this run cannot be submitted")
         return total
 
-    def warm_up_eval(self, fwd) -> Rates | None:
+    def warm_up_eval(self, fwd, train_files: list[str]) -> dict[int, Rates] | None:
         """Compile (and run) every graph the scoring will use, on random tokens, before the evaluation clock: no
-        validation token is read (#1530 was flagged for warming up on them). TTT: documents of every length up to
-        EVAL_SEQ_LEN + TTT_CHUNK, adapted and forward only (the deadline's path and the non-finite re-score), timed
-        on a second pass: the rates the deadline plans with; the adapters are thrown away, the base weights never
-        trained. The sliding window, when it will run: its batch shape."""
+        validation token is read (#1530 was flagged for warming up on them). TTT: documents as long as the first
+        training shard's, adapted and forward only (the deadline's path and the non-finite re-score), timed for
+        every chunk TTT_PLAN may choose: the rates the plan and the deadline use; the adapters are thrown away, the
+        base weights never trained. The sliding window, when it will run: its batch shape."""
         h, rates = self.h, None
         self.sync()
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(12345 + self.rank)
         if h.ttt:
-            tokens = warm_up_documents(h, self.world, h.vocab_size, self.bos, g).to(self.device)
-            rates = ttt_warm_up(self.model, fwd, tokens, self.luts, h, self.bos, self.autocast, self.sync)
+            starts = np.flatnonzero(load_shard(train_files[0], h.vocab_size) == self.bos)
+            tokens = warm_up_documents(h, self.world, h.vocab_size, self.bos, g, np.diff(starts).tolist())
+            rates = ttt_warm_up(self.model, fwd, tokens.to(self.device), self.luts, h, self.bos, self.autocast,
+                                self.sync)
         if self.sliding:
             n = (self.world * h.eval_batch_seqs + 1) * h.eval_stride + h.eval_seq_len + 1
             self.val(h.eval_stride, h.eval_batch_seqs, h.eval_seq_len,
@@ -1904,18 +1938,18 @@ class Run:
         self.sync()
         self.log(f"{'ttt' if h.ttt else 'eval'}_warmup_time:{1000 * (time.perf_counter() - t0):.0f}ms "
                  "(random tokens, before the evaluation clock)")
-        if rates:
-            self.log(f"ttt_rates adapted:{rates.adapted:.0f} scored tokens/s, forward_only:{rates.forward:.0f} window "
-                     f"tokens/s, forward_windows_per_token:{rates.forward_ratio:.2f} per rank")
+        for chunk, r in (rates or {}).items():
+            self.log(f"ttt_rates chunk:{chunk} adapted:{r.adapted:.0f} scored tokens/s, forward_only:{r.forward:.0f} "
+                     f"window tokens/s, forward_windows_per_token:{r.forward_ratio:.2f} per rank")
         return rates
 
-    def score(self, path: str, pre_bpb: float) -> None:
+    def score(self, path: str, pre_bpb: float, train_files: list[str]) -> None:
         """The score comes from the file alone: poison every weight, load all of them from it, then evaluate. The
         evaluation phase (counted against the 600 s, EVAL_BUDGET_SECONDS its deadline) starts with reading the file,
         after the warm-up. With TTT the scored pass is TTT alone (EVAL_SLIDING=1 adds the sliding window)."""
         h = self.h
         fwd = StagedForward(self.model, self.compile) if h.ttt else None
-        rates = self.warm_up_eval(fwd)
+        rates = self.warm_up_eval(fwd, train_files)
         graphs = compiled_graphs()
         self.sync()
         t_eval = time.perf_counter()
@@ -1963,18 +1997,27 @@ class Run:
         self.log(f"final_roundtrip_exact val_loss:{s_loss:.8f} val_bpb:{s_bpb:.8f}")
         return s_bpb
 
-    def score_ttt(self, fwd, rates: Rates, base_bpb: float, base: str, t_eval: float) -> None:
+    def score_ttt(self, fwd, rates: dict[int, Rates], base_bpb: float, base: str, t_eval: float) -> None:
         """The score with test-time training (the run's final score) and its gain over the plain (or sliding) score
         of the same weights; its time and that time scaled to the full validation split (FULL_VAL_TOKENS) on 8
-        devices like this one; the documents the deadline left unadapted."""
+        devices like this one; TTT_PLAN's chunk, its projection beside the time; the documents the deadline left
+        unadapted."""
         h = self.h
         self.sync()
         t0 = time.perf_counter()
         deadline = t_eval + h.eval_budget_seconds if h.eval_budget_seconds > 0 else None
+        chunk, projected = h.ttt_chunk, None
+        if deadline is not None and len(rates) > 1:  # the warm-up's rates: nothing of the validation split is read
+            chunk, projected = plan_chunk(rates, self.val_tokens.numel() - 1, self.world, deadline - t0, h.ttt_plan)
+        h.ttt_chunk = chunk
         loss, bpb, info = evaluate_ttt(self.model, self.val_tokens, self.luts, h, self.bos, self.autocast, fwd,
-                                       deadline=deadline, rates=rates)
+                                       deadline=deadline, rates=rates[chunk])
         self.sync()
         ms = 1000 * (time.perf_counter() - t0)
+        if projected:
+            self.log(f"ttt_plan chunk:{chunk} projected:{projected[chunk]:.1f}s actual:{ms / 1000:.1f}s "
+                     f"share:{h.ttt_plan} of:{deadline - t0:.1f}s candidates:"
+                     + ",".join(f"{c}={p:.1f}s" for c, p in projected.items()))
         self.log(f"final_ttt_roundtrip val_loss:{loss:.4f} val_bpb:{bpb:.4f} eval_time:{ms:.0f}ms")
         self.log(f"final_ttt_roundtrip_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f}")
         full_s = ms / 1000 * FULL_VAL_TOKENS / self.val_tokens.numel() * self.world / 8
@@ -2009,7 +2052,7 @@ def main():
         fail(str(e), run.log)
     run.log(f"pre_quant val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f}")
     total = run.export("final_model.ptz", hessians)  # not timed by the rules: between the two clocks
-    run.score("final_model.ptz", val_bpb)  # the evaluation clock starts where the artifact is read
+    run.score("final_model.ptz", val_bpb, train_files)  # the evaluation clock starts where the artifact is read
     run.close()
     if total > SIZE_LIMIT:
         fail(f"artifact is {total} bytes, over the {SIZE_LIMIT}-byte limit", run.log)

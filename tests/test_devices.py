@@ -57,7 +57,7 @@ def test_ttt_and_its_deadline_keep_host_and_device_apart(env):
         assert (per_target[1] == 1).all().item()
         warm = train_gpt.warm_up_documents(h, 1, tt.VOCAB, tt.BOS, torch.Generator().manual_seed(0)).to(DEVICE)
         rates = train_gpt.ttt_warm_up(model, model, warm, luts, h, tt.BOS, NO_AUTOCAST, lambda: None)
-        assert min(rates) > 0
+        assert list(rates) == train_gpt.plan_chunks(h) and all(min(r) > 0 for r in rates.values())
         now, fast = [0.0], train_gpt.Rates(1e9, 1e9, 1.0)  # rates that cannot bring the deadline forward
 
         def clock():  # one fake second per reading: the deadline at 3 strikes after the first segment

@@ -95,12 +95,15 @@ CASES = {
     "diverged": ({"EMBED_LR": "1e30"}, 2, ["training diverged"]),
 }
 DETERMINISM = {"same_seed_a": ({"SEED": "7"}, 1, None), "same_seed_b": ({"SEED": "7"}, 1, None)}
-BUDGET_S = 1.5  # an evaluation deadline below TTT's need (about 2 s here alone, more beside the other cases)
+BUDGET_S = 0.5  # an evaluation deadline below TTT's need (about 2 s here alone, more beside the other cases)
+PLAN_BUDGET_S = 12.0
 # every recipe option away from its default at once, on 2 ranks, with the RTN export filling a byte target and an
 # evaluation deadline far too short (each part has its own test below)
 OPTIONS = {"options": ({"SPHERE_OPT": "wn", "MUON_WD": "0.04", "LEAKY_SLOPE": "0.5", "MUON_MOMENTUM_WARMUP_STEPS": "5",
                         "QK_GAIN_INIT": "5", "ROPE_DIMS": "8", "QUANT_METHOD": "rtn", "TARGET_BYTES_PER_PARAM": "0.5",
-                        "EVAL_BUDGET_SECONDS": str(BUDGET_S), "TTT_BATCH_DOCS": "2"}, 2, None)}
+                        "EVAL_BUDGET_SECONDS": str(BUDGET_S), "TTT_BATCH_DOCS": "2", "TTT_PLAN": "0.8"}, 2, None),
+           # TTT_PLAN fills a budget that the default chunk (64, the window) leaves mostly unused
+           "plan": ({"EVAL_BUDGET_SECONDS": str(PLAN_BUDGET_S), "TTT_PLAN": "0.5"}, 1, None)}
 
 
 def free_port():
@@ -204,7 +207,8 @@ def test_evaluation_deadline_on_two_ranks(launched, tiny_shards):
     log = (run.cwd / "logs" / "options.txt").read_text()
     late = re.search(r"(?m)^ttt_deadline docs_unadapted:(\d+) at:(\d+\.\d)s forward_only_tokens:(\d+) "
                      r"longest_adapted_segment:(\d+\.\d)s first:[\d,]+$", log)
-    forward_rate = float(re.search(r"(?m)^ttt_rates adapted:\d+ forward_only:(\d+) ", log).group(1))
+    chunk = re.search(r"(?m)^ttt_plan chunk:(\d+) ", log).group(1)
+    forward_rate = float(re.search(rf"(?m)^ttt_rates chunk:{chunk} adapted:\d+ \S+ \S+ forward_only:(\d+) ", log).group(1))
     phase_s = int(re.search(r"(?m)^eval_phase_time:(\d+)ms$", log).group(1)) / 1000
     print(late.group(0), f"eval_phase_time {phase_s:.2f} s, budget {BUDGET_S} s, forward rate {forward_rate:.0f}/s")
     assert late and 0 < int(late.group(1)) <= TINY_VAL_DOCS
@@ -212,6 +216,27 @@ def test_evaluation_deadline_on_two_ranks(launched, tiny_shards):
     gain = re.search(r"(?m)^ttt gain_bpb:\S+ vs:plain docs:(\d+) tokens:(\d+) ", log)
     n_targets = load_tokens(f"{tiny_shards.data_path}/fineweb_val_*.bin").numel() - 1
     assert int(gain.group(1)) == TINY_VAL_DOCS and int(gain.group(2)) == n_targets
+
+
+def test_the_plan_fills_the_budget_and_ends_within_it(launched):
+    """TTT_PLAN: the warm-up measures every candidate chunk's rate; the plan picks the finest whose projected pass fits
+    its share of the time left, logs it beside the actual time, and the evaluation ends within the budget (the
+    deadline guards a projection gone wrong: within the budget plus its longest adapted segment)."""
+    run = launched["plan"]
+    assert run.codes == [0], run.err[0][-3000:]
+    log = (run.cwd / "logs" / "plan.txt").read_text()
+    rates = re.findall(r"(?m)^ttt_rates chunk:(\d+) adapted:(\d+) ", log)
+    assert [int(c) for c, _ in rates] == [64, 32, 16, 8]
+    plan = re.search(r"(?m)^ttt_plan chunk:(\d+) projected:(\S+)s actual:(\S+)s share:0.5 of:(\S+)s "
+                     r"candidates:64=\S+s,32=\S+s,16=\S+s,8=\S+s$", log)
+    chunk, projected, actual, left = int(plan.group(1)), *map(float, plan.groups()[1:])
+    print(plan.group(0))
+    candidates = {int(c): float(p) for c, p in re.findall(r"(\d+)=([\d.]+)s", plan.group(0).split("candidates:")[1])}
+    fits = [c for c, p in candidates.items() if p <= 0.5 * left]
+    assert chunk == (min(fits) if fits else 64) and projected == candidates[chunk]
+    phase_s = int(re.search(r"(?m)^eval_phase_time:(\d+)ms$", log).group(1)) / 1000
+    late = re.search(r"(?m)^ttt_deadline .*longest_adapted_segment:(\d+\.\d)s", log)
+    assert phase_s <= PLAN_BUDGET_S + (float(late.group(1)) if late else 0.0) + 2.0
 
 
 def test_target_bytes_per_parameter(launched):

@@ -56,7 +56,7 @@ def test_ttt_graphs_at_default_dims_with_tokens_on_the_gpu():
                                    torch.zeros(h.vocab_size, dtype=torch.bool)))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16)
     warm = train_gpt.warm_up_documents(h, 1, h.vocab_size, 1, torch.Generator().manual_seed(0)).cuda()
-    rates = train_gpt.ttt_warm_up(model, fwd, warm, luts, h, 1, autocast, torch.cuda.synchronize)
+    rates = train_gpt.ttt_warm_up(model, fwd, warm, luts, h, 1, autocast, torch.cuda.synchronize)  # every plan chunk
     # adapted: embedding, block (2: its input without and with gradient), head; forward only: 3
     assert len(graphs) == 7, graphs
     lengths = [3000, 2500, 1900, 700, 300, 260, 256, 100, 40, 33, 2, 1]

@@ -155,7 +155,7 @@ def test_nothing_compiles_after_the_warm_up_whatever_the_pass_meets(tilt):
     h.ttt_lr = 1e30
     info = evaluate_ttt(model, tokens, tt.luts(), h, tt.BOS, autocast, fwd)[2]
     assert info["nonfinite"] and info["phase_steps"] == 2
-    info = evaluate_ttt(model, tokens, tt.luts(), h, tt.BOS, autocast, fwd, deadline=-1.0, rates=rates)[2]
+    info = evaluate_ttt(model, tokens, tt.luts(), h, tt.BOS, autocast, fwd, deadline=-1.0, rates=rates[h.ttt_chunk])[2]
     assert len(info["unadapted"]) == info["docs"] and info["phase_steps"] == 0
     assert len(graphs) == compiled
 

@@ -7,7 +7,7 @@ TINY_SHAPE = dict(NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2
 TINY_RUN = dict(TINY_SHAPE, TRAIN_BATCH_TOKENS="4096", ITERATIONS="40", WARMUP_STEPS="2", WARMDOWN_ITERS="10",
                 LR_WARMUP_STEPS="2",
                 MUON_MOMENTUM_WARMUP_STEPS="10", VAL_LOSS_EVERY="20", TRAIN_LOG_EVERY="10", EVAL_STRIDE="16",
-                MAX_WALLCLOCK_SECONDS="0")
+                MAX_WALLCLOCK_SECONDS="0", TTT_PLAN="0")  # TTT_CHUNK as given (tests/test_e2e.py runs the plan)
 # gpu_check's dry run: a few steps on the CPU; MAX_WALLCLOCK_SECONDS stays the call's (the cap check.py checks)
 TINY_TRAIN = dict(TINY_SHAPE, TRAIN_BATCH_TOKENS="4096", ITERATIONS="8", WARMUP_STEPS="1", WARMDOWN_ITERS="4",
                   LR_WARMUP_STEPS="1",
@@ -17,4 +17,5 @@ TINY_TRAIN = dict(TINY_SHAPE, TRAIN_BATCH_TOKENS="4096", ITERATIONS="8", WARMUP_
 DEMO = dict(NUM_LAYERS="4", MODEL_DIM="128", NUM_HEADS="4", NUM_KV_HEADS="2", MLP_MULT="3", TRAIN_SEQ_LEN="256",
             TRAIN_BATCH_TOKENS="16384", ITERATIONS="400", WARMUP_STEPS="3", WARMDOWN_ITERS="100", VAL_LOSS_EVERY="100",
             MUON_MOMENTUM_WARMUP_STEPS="10", GPTQ_RESERVE_SECONDS="2",  # its calibration takes about 1 s here
-            TRAIN_LOG_EVERY="20", EVAL_STRIDE="64", EVAL_BATCH_SEQS="16", RUN_ID="demo")
+            TRAIN_LOG_EVERY="20", EVAL_STRIDE="64", EVAL_BATCH_SEQS="16", RUN_ID="demo",
+            EVAL_BUDGET_SECONDS="30")  # TTT_PLAN picks the finest chunk that fits in about 24 s

@@ -69,13 +69,15 @@ def score(args) -> dict:
     plain = T.evaluate(nll_fn, val, luts, h.train_seq_len, h.train_seq_len, h.eval_batch_seqs)[1]
     t1 = time.perf_counter()
     sliding = T.evaluate(nll_fn, val, luts, h.eval_seq_len, h.eval_stride, h.eval_batch_seqs)[1] if h.eval_sliding else None
-    rates = None
-    if h.eval_budget_seconds > 0:  # the deadline plans with measured rates: the run's warm-up, on random tokens
+    rates, deadline = None, None
+    if h.eval_budget_seconds > 0:  # the run's warm-up (random tokens), its plan (TTT_PLAN) and deadline
         tokens = T.warm_up_documents(h, 1, h.vocab_size, sp.bos_id(), torch.Generator().manual_seed(0)).to(device)
         rates = T.ttt_warm_up(model, model, tokens, luts, h, sp.bos_id(), autocast, sync)
+        h.ttt_chunk = T.plan_chunk(rates, val.numel() - 1, 1, h.eval_budget_seconds, h.ttt_plan)[0]
+        deadline = time.perf_counter() + h.eval_budget_seconds
     t2 = time.perf_counter()
-    deadline = t2 + h.eval_budget_seconds if rates else None
-    loss, bpb, info = T.evaluate_ttt(model, val, luts, h, sp.bos_id(), autocast, deadline=deadline, rates=rates)
+    loss, bpb, info = T.evaluate_ttt(model, val, luts, h, sp.bos_id(), autocast, deadline=deadline,
+                                     rates=rates and rates[h.ttt_chunk])
     t3 = time.perf_counter()
     return dict(plain_bpb=plain, sliding_bpb=sliding, ttt_bpb=bpb, gain_bpb=bpb - (plain if sliding is None else sliding),
                 gain_vs="plain" if sliding is None else "sliding", plain_s=t1 - t0, sliding_s=t2 - t1, ttt_s=t3 - t2,
