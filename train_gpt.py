@@ -1091,16 +1091,20 @@ def past_deadline(now: float, deadline: float, adapt_s: float, forward_s: float)
 
 
 def segment_late(seg: Segment, n_targets: int, now: float, deadline: float, rates: Rates, span: int, world: int) -> bool:
-    """The deadline's decision before a segment, the same on every rank (the latest rank's, one all-reduce), from
-    what lies before the segment only: the targets left from its first BOS on, its nominal span, this rank's rates
-    (so far: ttt_pass measures them as it goes)."""
+    """This rank's deadline decision before a segment (no collective: ranks never wait on each other's), from what
+    lies before the segment only: the targets left from its first BOS on (this rank's share), its nominal span, this
+    rank's rates (so far: ttt_pass measures them as it goes)."""
     left = (n_targets - seg.first) / world
     mine = min(left, span / world)
-    late = past_deadline(now, deadline, mine / rates.adapted, (left - mine) * rates.forward_ratio / rates.forward)
-    flag = torch.tensor(float(late))
-    if world > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+    return past_deadline(now, deadline, mine / rates.adapted, (left - mine) * rates.forward_ratio / rates.forward)
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether the flag is set on any rank (one all-reduce; every rank calls it at the same point)."""
+    t = torch.tensor(float(flag))
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 @contextlib.contextmanager
@@ -1128,7 +1132,7 @@ def evaluate_ttt(model: nn.Module, tokens: torch.Tensor, luts, h, bos: int, auto
     in a few batched forwards) and no more phase steps run. Every decision depends on the tokens before the segment
     only, so no score depends on a later token, deadline or not.
     info: docs, tokens, bytes, nonfinite (documents that lost their adaptation), unadapted (by the deadline),
-    deadline_at (seconds into this pass when the deadline struck), phase_steps (taken), window_tokens and
+    deadline_at (seconds into this pass when the deadline struck: the first rank), phase_steps (taken), window_tokens and
     forward_tokens (this rank's work, adapted and forward only), longest_segment_s (this rank's longest adapted
     segment: how far past the deadline the pass may end). per_target (2, N-1), on the tokens' device, if given, gets
     each target's nll and count (one rank: the tests)."""
@@ -1163,6 +1167,7 @@ def ttt_pass(fwd, model, tokens, hints, starts, lengths, luts, h, autocast, per_
     sums = torch.zeros(3, dtype=torch.float64, device=tokens.device)
     info = dict(nonfinite=[], unadapted=[], deadline_at=None, phase_steps=0, window_tokens=0, longest_segment_s=0.0)
     group, scored, forward_windows = [], 0, 0  # the phase group's documents; this pass's adapted tokens, their rows
+    phases = h.ttt_phases > 0  # until a rank's deadline strikes before a phase ends
     for seg in ttt_segments(starts, lengths, h, world):
         batches = rank_batches(seg.docs, lengths, h, rank, world)
         mine = [d for docs in batches for d in docs]
@@ -1173,19 +1178,21 @@ def ttt_pass(fwd, model, tokens, hints, starts, lengths, luts, h, autocast, per_
                 info["deadline_at"] = now - t0
         if info["deadline_at"] is not None:
             info["unadapted"] += mine
-            continue
-        for docs in batches:
-            s, dropped, work = ttt_batch(fwd, tokens, *spans(docs, starts, lengths), init, luts, h, autocast, per_target,
-                                         hints)
-            sums += s
-            info["nonfinite"] += [docs[r] for r in dropped]
-            info["window_tokens"] += work
-        scored += sum(lengths[d] for d in mine)
-        forward_windows += row_tokens(forward_rows(*spans(mine, starts, lengths), h.ttt_chunk, h.eval_seq_len))
-        info["longest_segment_s"] = max(info["longest_segment_s"], clock() - now)
-        group += mine
-        if seg.phase_after:  # every rank here together (the deadline's decisions are shared)
-            info["phase_steps"] += adapt_base(model, fwd, tokens, *spans(group, starts, lengths), h, autocast)
+        else:
+            for docs in batches:
+                s, dropped, work = ttt_batch(fwd, tokens, *spans(docs, starts, lengths), init, luts, h, autocast,
+                                             per_target, hints)
+                sums += s
+                info["nonfinite"] += [docs[r] for r in dropped]
+                info["window_tokens"] += work
+            scored += sum(lengths[d] for d in mine)
+            forward_windows += row_tokens(forward_rows(*spans(mine, starts, lengths), h.ttt_chunk, h.eval_seq_len))
+            info["longest_segment_s"] = max(info["longest_segment_s"], clock() - now)
+            group += mine
+        if seg.phase_after and phases:  # every rank here, together
+            phases = not any_rank(info["deadline_at"] is not None)
+            if phases:
+                info["phase_steps"] += adapt_base(model, fwd, tokens, *spans(group, starts, lengths), h, autocast)
             group = []
     rows = forward_rows(*spans(info["unadapted"], starts, lengths), h.ttt_chunk, h.eval_seq_len)
     s, info["forward_tokens"] = score_forward(fwd, tokens, rows, luts, h, autocast, per_target, hints)
