@@ -853,13 +853,6 @@ def ttt_window(c: int, chunk: int, seq_len: int, lengths: list[int]) -> tuple[in
     return rows, (c + 1) * chunk - width, width
 
 
-def window_work(lengths: list[int], chunk: int, seq_len: int) -> int:
-    """Window tokens (rows x width, summed over chunks) that adapting documents of these lengths reads."""
-    lengths = sorted(lengths, reverse=True)
-    windows = (ttt_window(c, chunk, seq_len, lengths) for c in range(-(-lengths[0] // chunk)))
-    return sum(rows * width for rows, _, width in windows)
-
-
 def nll_and_score(fwd, x, y, idx, hints: torch.Tensor | None, **kw) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's nll at each position (what TTT trains on) and what is scored there: the same, or with the n-gram
     tilt (`hints` of every target, gathered at the windows' positions idx)."""
@@ -873,9 +866,10 @@ def nll_and_score(fwd, x, y, idx, hints: torch.Tensor | None, **kw) -> tuple[tor
 def ttt_batch(fwd, tokens, starts: list[int], lengths: list[int], init: dict, luts, h, autocast, per_target=None,
               hints=None):
     """Score one batch of documents (longest first) chunk by chunk, one Adam step on each chunk's loss after scoring it.
-    The non-finite guard drops a document's adaptation from its first non-finite score on, that chunk re-scored by the
-    base model (the forward-only graph). Returns the (nll, tokens, bytes) sums, the rows (in batch order) that lost
-    their adaptation, and the window tokens read. One host sync a chunk: whether a score was non-finite."""
+    The non-finite guard: from a document's first non-finite score on, its adaptation leaves the loss (its adapters,
+    its own, may stay non-finite: no other row reads them) and those positions are re-scored by the base model (the
+    forward-only graph) at the end of the batch. One host sync a batch. Returns the (nll, tokens, bytes) sums, the rows
+    (in batch order) that lost their adaptation, and the window tokens read."""
     device, C = tokens.device, h.ttt_chunk
     if len(lengths) == 1:  # with an empty document beside it (nothing scored): a batch of one would compile anew
         starts, lengths = starts + [0], lengths + [0]
@@ -883,9 +877,10 @@ def ttt_batch(fwd, tokens, starts: list[int], lengths: list[int], init: dict, lu
     lora = {n: (a.expand(len(lengths), -1, -1).clone().requires_grad_(True),
                 torch.zeros(len(lengths), rows, h.ttt_rank, device=device, requires_grad=True))
             for n, (a, rows) in init.items()}
-    opt = torch.optim.Adam([t for pair in lora.values() for t in pair], lr=h.ttt_lr, betas=(0.9, 0.99))
+    opt = torch.optim.Adam([t for pair in lora.values() for t in pair], lr=h.ttt_lr, betas=(0.9, 0.99),
+                           fused=device.type == "cuda")
     keep = torch.ones(len(lengths), dtype=torch.bool, device=device)
-    sums, work, n_chunks = torch.zeros(3, dtype=torch.float64, device=device), 0, -(-lengths[0] // C)
+    sums, work, n_chunks, lost = torch.zeros(3, dtype=torch.float64, device=device), 0, -(-lengths[0] // C), []
     for c in range(n_chunks):
         k, first, width = ttt_window(c, C, h.eval_seq_len, lengths)
         work += k * width
@@ -893,31 +888,30 @@ def ttt_batch(fwd, tokens, starts: list[int], lengths: list[int], init: dict, lu
         scored = (pos < lengths_d[:k, None]) & (pos >= c * C)
         idx = (starts_d[:k, None] + pos).clamp_max(tokens.numel() - 2)
         x, y = tokens[idx].long(), tokens[idx + 1].long()
-        adapters = batch_adapters({n: (a[:k], b[:k]) for n, (a, b) in lora.items()})
         with torch.enable_grad(), autocast:
-            nll, score = nll_and_score(fwd, x, y, idx, hints, lora=adapters)
+            nll, score = nll_and_score(fwd, x, y, idx, hints, lora=batch_adapters(lora, k))
         nf = (~torch.where(scored, score, 0).isfinite()).cumsum(1) > 0  # from its first non-finite score on
-        ok = ~nf.any(1)
-        if not ok.all().item():  # re-score from there without adaptation
-            keep[:k] &= ok
-            with torch.no_grad(), autocast:
-                again = nll_and_score(fwd, x, y, idx, hints)
-            nll, score = torch.where(nf, again[0], nll), torch.where(nf, again[1], score)
-        score = score.detach()
-        sums += score_sums(score, x, y, scored, luts)
+        keep[:k] &= ~nf.any(1)
+        good, score = scored & ~nf, score.detach()
+        sums += score_sums(score, x, y, good, luts)
         if per_target is not None:
-            per_target.index_add_(1, idx[scored], torch.stack([score[scored], torch.ones_like(score[scored])]).double())
-        if c == n_chunks - 1:
-            continue
-        doc_loss = torch.where(scored, nll, 0).sum(1) / scored.sum(1).clamp_min(1)
-        torch.where(keep[:k], doc_loss, 0).sum().backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for a, b in lora.values():
-                keep &= a.isfinite().flatten(1).all(1) & b.isfinite().flatten(1).all(1)
-        zero_dropped(lora, keep)
-    return sums, (~keep).nonzero().flatten().tolist(), work
+            per_target.index_add_(1, idx[good], torch.stack([score[good], torch.ones_like(score[good])]).double())
+        lost.append((idx, scored & nf))
+        if c < n_chunks - 1:
+            doc_loss = torch.where(good, nll, 0).sum(1) / scored.sum(1).clamp_min(1)
+            torch.where(keep[:k], doc_loss, 0).sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    dropped = (~keep).nonzero().flatten().tolist()
+    if dropped:  # rare: the base model's scores where the adapted ones were not finite
+        for idx, mask in lost:
+            x, y = tokens[idx].long(), tokens[idx + 1].long()
+            with torch.no_grad(), autocast:
+                score = nll_and_score(fwd, x, y, idx, hints)[1]
+            sums += score_sums(score, x, y, mask, luts)
+            if per_target is not None:
+                per_target.index_add_(1, idx[mask], torch.stack([score[mask], torch.ones_like(score[mask])]).double())
+    return sums, dropped, work
 
 
 def forward_rows(starts: list[int], lengths: list[int], chunk: int, seq_len: int) -> list[tuple[int, int, int]]:
@@ -1000,9 +994,10 @@ def ttt_segments(starts: list[int], lengths: list[int], h, world: int) -> list[S
 
 
 def rank_batches(docs: list[int], lengths: list[int], h, rank: int, world: int) -> list[list[int]]:
-    """This rank's share of a segment's documents in batches: longest first, dealt to the ranks in turn, cut into
-    TTT_BATCH_DOCS (a last batch of one joins the one before: a batch of one would compile another graph)."""
-    order = sorted(docs, key=lambda d: -lengths[d])[rank::world]
+    """This rank's share of a segment's documents in batches: dealt to the ranks in stream order (a document's rank
+    depends on the documents before it only, not on later lengths), sorted longest first, cut into TTT_BATCH_DOCS (a
+    last batch of one joins the one before: a batch of one would compile another graph)."""
+    order = sorted(docs[rank::world], key=lambda d: -lengths[d])
     batches = [order[i:i + h.ttt_batch_docs] for i in range(0, len(order), h.ttt_batch_docs)]
     if len(batches) > 1 and len(batches[-1]) == 1 < h.ttt_batch_docs:
         batches[-2:] = [batches[-2] + batches[-1]]
@@ -1099,9 +1094,10 @@ def segment_late(seg: Segment, n_targets: int, now: float, deadline: float, rate
     return past_deadline(now, deadline, mine / rates.adapted, (left - mine) * rates.forward_ratio / rates.forward)
 
 
-def any_rank(flag: bool) -> bool:
-    """Whether the flag is set on any rank (one all-reduce; every rank calls it at the same point)."""
-    t = torch.tensor(float(flag))
+def any_rank(flag: bool, device) -> bool:
+    """Whether the flag is set on any rank (one all-reduce, of a device tensor: NCCL takes no other; every rank calls
+    it at the same point)."""
+    t = torch.tensor(float(flag), device=device)
     if dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
@@ -1190,7 +1186,7 @@ def ttt_pass(fwd, model, tokens, hints, starts, lengths, luts, h, autocast, per_
             info["longest_segment_s"] = max(info["longest_segment_s"], clock() - now)
             group += mine
         if seg.phase_after and phases:  # every rank here, together
-            phases = not any_rank(info["deadline_at"] is not None)
+            phases = not any_rank(info["deadline_at"] is not None, tokens.device)
             if phases:
                 info["phase_steps"] += adapt_base(model, fwd, tokens, *spans(group, starts, lengths), h, autocast)
             group = []
@@ -1233,7 +1229,7 @@ def plan_chunks(h) -> list[int]:
     """The chunks TTT_PLAN chooses among: TTT_CHUNK and its halvings down to an eighth (at least 4 tokens)."""
     if h.ttt_plan <= 0 or h.eval_budget_seconds <= 0:
         return [h.ttt_chunk]
-    return [h.ttt_chunk >> k for k in range(4) if h.ttt_chunk >> k >= 4]
+    return [h.ttt_chunk >> k for k in range(4) if h.ttt_chunk >> k >= 4] or [h.ttt_chunk]
 
 
 def ttt_warm_up(model: nn.Module, fwd, tokens: torch.Tensor, luts, h, bos: int, autocast, sync) -> dict[int, Rates]:
@@ -1243,7 +1239,9 @@ def ttt_warm_up(model: nn.Module, fwd, tokens: torch.Tensor, luts, h, bos: int, 
     starts, lengths = documents(tokens, bos)
     init = initial_adapters(model, h, tokens.device)
     hints = ngram_hints(tokens, h.tilt_order, h.tilt_threshold) if h.tilt_order else None
-    sample = list(range(min(len(starts), 2 * h.ttt_batch_docs)))
+    # two batches, as ttt_pass makes them (longest first), the longest document (the last) among them
+    sample = sorted(list(range(min(len(starts) - 1, 2 * h.ttt_batch_docs - 1))) + [len(starts) - 1],
+                    key=lambda d: -lengths[d])
     rates = {}
     with frozen(model):
         ttt_batch(fwd, tokens, *spans(sample[:h.ttt_batch_docs], starts, lengths), init, luts, h, autocast, hints=hints)
@@ -1279,25 +1277,18 @@ def plan_chunk(rates: dict[int, Rates], n_targets: int, world: int, seconds: flo
     return (min(fits) if fits else max(projected)), projected
 
 
-def batch_adapters(lora: dict) -> dict:
-    """Copies (not views: no guard on the batch size) of a batch's adapters, only their batch dim dynamic for the
-    compiled forward: a rank or row count equal to a window's width would otherwise share its symbol, and the graph
-    would recompile when they part (at the default, the k adapter's 256 rows and the first chunk's 256 tokens)."""
+def batch_adapters(lora: dict, k: int) -> dict:
+    """Copies of the first k rows of a batch's adapters, only their batch dim dynamic for the compiled forward (a rank
+    or row count equal to a window's width would otherwise share its symbol, and the graph would recompile when they
+    part: at the default, the k adapter's 256 rows and the first chunk's 256 tokens). Copies, not views (no guard on
+    the batch size), and never the adapters themselves: handed to the compiled forward, the leaves Adam updates in
+    place gave scores 2e-3 away from eager's (1e-5 with copies)."""
     out = {}
     for name, pair in lora.items():
-        out[name] = tuple(t.clone() for t in pair)
+        out[name] = tuple(t[:k].clone() for t in pair)
         for t in out[name]:
             torch._dynamo.mark_static(t, (1, 2))
     return out
-
-
-@torch.no_grad()
-def zero_dropped(lora: dict, keep: torch.Tensor) -> None:
-    """Adapters of the documents no longer kept back to zero (no adaptation), whatever they held."""
-    for pair in lora.values():
-        for t in pair:
-            t.copy_(torch.where(keep[:, None, None], t, 0))
-
 
 # ------------------------------ export
 # final_model.ptz = ARTIFACT_MAGIC, then frames, each after its 4-byte little-endian length: a zstd JSON header
@@ -2016,6 +2007,10 @@ class Run:
         chunk, projected = h.ttt_chunk, None
         if deadline is not None and len(rates) > 1:  # the warm-up's rates: nothing of the validation split is read
             chunk, projected = plan_chunk(rates, self.val_tokens.numel() - 1, self.world, deadline - t0, h.ttt_plan)
+            if self.world > 1:  # one plan for every rank: rank 0's (a rank's chunk must not depend on its own clock)
+                choice = torch.tensor(chunk, device=self.device)
+                dist.broadcast(choice, 0)
+                chunk = int(choice.item())
         h.ttt_chunk = chunk
         loss, bpb, info = evaluate_ttt(self.model, self.val_tokens, self.luts, h, self.bos, self.autocast, fwd,
                                        deadline=deadline, rates=rates[chunk])

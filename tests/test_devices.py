@@ -40,8 +40,8 @@ def on_device(model, *tensors):
     return [put(t.clone()) for t in tensors]
 
 
-@pytest.mark.parametrize("env", [dict(TTT_PHASES=2, TTT_PHASE_DOCS=4, TTT_PHASE_LR=0.05), dict(TTT_LR=1e30)],
-                         ids=["phases", "nonfinite"])
+@pytest.mark.parametrize("env", [dict(TTT_PHASES=2, TTT_PHASE_DOCS=4, TTT_PHASE_LR=0.05), dict(TTT_LR=1e30),
+                                 dict(TILT_ORDER=2)], ids=["phases", "nonfinite", "tilt"])
 def test_ttt_and_its_deadline_keep_host_and_device_apart(env):
     """TTT with phases, with the non-finite re-score, and with a deadline that strikes after the first batch, its
     warm-up measuring the rates; the scores equal those of the same pass on host tensors."""
@@ -117,3 +117,24 @@ def test_gptq_runs_with_tf32_off_and_restores_it(monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
     quantized_tensors(model, h, 0.3, hessians)
     assert seen and not any(seen) and torch.backends.cuda.matmul.allow_tf32
+
+
+def test_collectives_get_device_tensors(monkeypatch):
+    """NCCL takes device tensors only (a host tensor raises "No backend type associated with device type cpu"; gloo,
+    the CPU tests' backend, takes both): on two ranks, with phases and a deadline, every all-reduce of the TTT pass
+    gets a device tensor (found in review: the phase-end flag was a host tensor)."""
+    seen = []
+
+    def all_reduce(t, op=None):
+        seen.append(t)
+        assert train_gpt.torch.is_tensor(t) and getattr(t, "_on_test_device", False), "a host tensor to NCCL"
+
+    monkeypatch.setattr(train_gpt, "dist", type("TwoRanks", (), dict(
+        is_initialized=staticmethod(lambda: True), get_rank=staticmethod(lambda: 0),
+        get_world_size=staticmethod(lambda: 2), all_reduce=staticmethod(all_reduce), ReduceOp=torch.distributed.ReduceOp,
+        all_gather_object=staticmethod(lambda out, obj: out.__setitem__(slice(None), [obj] * 2)))))
+    h, model = tt.tiny(TTT_BATCH_DOCS=2, TTT_PHASES=2, TTT_PHASE_DOCS=2, TTT_PHASE_LR=0.05)
+    with OnDevice():
+        dev_tokens, *luts = on_device(model, tt.stream(n=1500), *tt.luts())
+        evaluate_ttt(model, dev_tokens, luts, h, tt.BOS, NO_AUTOCAST, deadline=1e9, rates=train_gpt.Rates(1.0, 1.0, 1.0))
+    assert len(seen) >= 4  # phase-end flags, phase steps' gradients, the sums
