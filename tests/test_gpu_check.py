@@ -100,7 +100,6 @@ def test_dry_run_of_each_call(call, dry_runs, tiny_shards, wheels, monkeypatch):
     names = ["wheels", "train", "check", "gpu_tests"] if call == 1 else ["wheels", "train", "check"]
     assert [st["name"] for st in s["steps"]] == names and all(st["status"] == "ok" for st in s["steps"])
     assert all((dry_run.dir / st["stdout"]).is_file() and (dry_run.dir / st["stderr"]).is_file() for st in s["steps"])
-    assert dry_run.seconds < 100  # about 15-30 s each, side by side on 2 cores
 
     # the dry run's steps are the device's under the tiny environment, the would-run lines the device's commands
     for key in ("WARMDOWN_ITERS", "MUON_MOMENTUM_WARMUP_STEPS", "EVAL_BUDGET_SECONDS", "PYTHONPATH"):

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python tools/ablate.py`: make `tools` importable
@@ -174,13 +173,14 @@ def result(run: dict, returncode: int, seconds: float) -> dict:
 
 
 def run_all(runs: list[dict], launch: list[str], jobs: int, say=print) -> list[dict]:
-    """Run every run (up to jobs at once, started in list order); results in list order."""
-    lock, total = threading.Lock(), len(runs)
+    """Run every run (up to jobs at once, started in list order); results in list order. A worker takes the next
+    run and says "start" under one lock, so the start lines come in list order too."""
+    lock, total, queue = threading.Lock(), len(runs), iter(enumerate(runs))
+    results: list[dict | None] = [None] * total
+    stop, errors = threading.Event(), []
 
     def one(i, run):
         tag = f"[{i + 1}/{total}] {run['variant']} seed {run['seed']}"
-        with lock:
-            say(f"{tag}: start", flush=True)
         run["dir"].mkdir(parents=True)
         t0 = time.perf_counter()
         with open(run["dir"] / "stdout.txt", "wb") as out, open(run["dir"] / "stderr.txt", "wb") as err:
@@ -195,14 +195,32 @@ def run_all(runs: list[dict], launch: list[str], jobs: int, say=print) -> list[d
             say(f"{tag}: {res['seconds']:.1f}s {status}", flush=True)
         return res
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(one, i, run) for i, run in enumerate(runs)]
-        try:
-            return [f.result() for f in futures]
-        except KeyboardInterrupt:  # Ctrl-C also reached the running children; start no more
-            for f in futures:
-                f.cancel()
-            raise
+    def worker():
+        while not stop.is_set():
+            with lock:
+                i, run = next(queue, (None, None))
+                if run is None:
+                    return
+                say(f"[{i + 1}/{total}] {run['variant']} seed {run['seed']}: start", flush=True)
+            try:
+                results[i] = one(i, run)
+            except Exception as e:  # a bug in the tool, not a failed run: stop starting runs and raise it
+                errors.append(e)
+                stop.set()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(jobs, total)))]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    except KeyboardInterrupt:  # Ctrl-C also reached the running children; start no more
+        stop.set()
+        raise
+    if errors:
+        raise errors[0]
+    return results
 
 
 # ---------------------------------------------------------------- summary

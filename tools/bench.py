@@ -586,8 +586,7 @@ def measure_ttt(h, docs: int, width: int, fake: bool = True) -> dict:
         with live:
             lora = ttt_lora(model, h, docs)
             adapter_bytes = tensor_bytes(t for pair in lora.values() for t in pair)
-            copies = getattr(train_gpt, "batch_adapters", lambda d: {n: tuple(t.clone() for t in p) for n, p in d.items()})
-            adapters = copies({n: (a[:docs], b[:docs]) for n, (a, b) in lora.items()})
+            adapters = train_gpt.batch_adapters(lora, docs)
             with saved, CudaAutocast():
                 nll = model(x, y, reduction="none", lora=adapters).float()
             after_forward = live.sweep()
