@@ -1220,9 +1220,19 @@ def warm_up_documents(h, world: int, vocab_size: int, bos: int, gen: torch.Gener
         lengths = torch.tensor([max(2, doc_lengths[i]) for i in picks] + [h.eval_seq_len + h.ttt_chunk])
     else:
         lengths = torch.linspace(h.ttt_chunk // 2, h.eval_seq_len + h.ttt_chunk, n).long()
-    tokens = torch.randint(0, vocab_size, (int(lengths.sum().item()) + 1,), generator=gen)
+    tokens = torch.randint(0, vocab_size - 1, (int(lengths.sum().item()) + 1,), generator=gen)
+    tokens += tokens >= bos  # no BOS but at the starts: a random one would cut a document short (every 1/vocab tokens)
     tokens[torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])] = bos
     return tokens
+
+
+def batch_width(h, lengths: list[int]) -> int:
+    """How many documents a TTT batch will hold, from document lengths like the split's: a rank's share of a segment
+    (SEGMENT_BATCHES x TTT_BATCH_DOCS x EVAL_SEQ_LEN tokens) in documents of their mean length, at most TTT_BATCH_DOCS,
+    at least one (ttt_batch pads a batch of one). Where documents are long against the window, batches are thin and a
+    step scores fewer tokens: the warm-up times batches of this width, not full ones (2x too fast on the tiny runs)."""
+    mean = sum(lengths) / max(1, len(lengths))
+    return max(1, min(h.ttt_batch_docs, round(SEGMENT_BATCHES * h.ttt_batch_docs * h.eval_seq_len / mean)))
 
 
 def plan_chunks(h) -> list[int]:
@@ -1234,17 +1244,20 @@ def plan_chunks(h) -> list[int]:
 
 def ttt_warm_up(model: nn.Module, fwd, tokens: torch.Tensor, luts, h, bos: int, autocast, sync) -> dict[int, Rates]:
     """Compile TTT's graphs on `tokens` (warm_up_documents: never validation tokens), then measure its rates for each
-    of plan_chunks (`sync` before each reading of the clock): two batches of documents adapted, every document forward
-    only. With TTT_PHASES, the base-weight step's graph too (undone)."""
+    of plan_chunks (`sync` before each reading of the clock): two batches of documents adapted, as wide as the pass's
+    will be (batch_width), every document forward only. With TTT_PHASES, the base-weight step's graph too (undone)."""
     starts, lengths = documents(tokens, bos)
     init = initial_adapters(model, h, tokens.device)
     hints = ngram_hints(tokens, h.tilt_order, h.tilt_threshold) if h.tilt_order else None
-    # two batches, as ttt_pass makes them (longest first), the longest document (the last) among them
-    sample = sorted(list(range(min(len(starts) - 1, 2 * h.ttt_batch_docs - 1))) + [len(starts) - 1],
-                    key=lambda d: -lengths[d])
+
+    def sample(width):  # two batches as ttt_pass makes them (longest first), the longest document (the last) among them
+        return sorted(list(range(min(len(starts) - 1, 2 * width - 1))) + [len(starts) - 1], key=lambda d: -lengths[d])
+    width = batch_width(h, lengths)
+    timed = sample(width)
     rates = {}
     with frozen(model):
-        ttt_batch(fwd, tokens, *spans(sample[:h.ttt_batch_docs], starts, lengths), init, luts, h, autocast, hints=hints)
+        ttt_batch(fwd, tokens, *spans(sample(h.ttt_batch_docs)[:h.ttt_batch_docs], starts, lengths), init, luts, h,
+                  autocast, hints=hints)
         score_forward(fwd, tokens, forward_rows(starts, lengths, h.ttt_chunk, h.eval_seq_len), luts, h, autocast,
                       hints=hints)
         if h.ttt_phases:  # its weight gradients are a graph of their own
@@ -1256,15 +1269,15 @@ def ttt_warm_up(model: nn.Module, fwd, tokens: torch.Tensor, luts, h, bos: int, 
             rows = forward_rows(starts, lengths, chunk, h.eval_seq_len)
             sync()
             t0 = time.perf_counter()
-            for b in range(0, len(sample), h.ttt_batch_docs):
-                ttt_batch(fwd, tokens, *spans(sample[b:b + h.ttt_batch_docs], starts, lengths), init, luts, hc,
-                          autocast, hints=hints)
+            for b in range(0, len(timed), width):
+                ttt_batch(fwd, tokens, *spans(timed[b:b + width], starts, lengths), init, luts, hc, autocast,
+                          hints=hints)
             sync()
             t1 = time.perf_counter()
             score_forward(fwd, tokens, rows, luts, hc, autocast, hints=hints)
             sync()
             t2 = time.perf_counter()
-            scored = sum(lengths[d] for d in sample)
+            scored = sum(lengths[d] for d in timed)
             rates[chunk] = Rates(scored / (t1 - t0), row_tokens(rows) / (t2 - t1), row_tokens(rows) / sum(lengths))
     return rates
 

@@ -11,7 +11,7 @@ from train_gpt import GPT, adapted_norm2, documents, evaluate, evaluate_ttt, loa
 BOS, VOCAB = 1, 64
 TINY = dict(VOCAB_SIZE=str(VOCAB), NUM_LAYERS="2", MODEL_DIM="32", NUM_HEADS="2", NUM_KV_HEADS="1",
             TRAIN_SEQ_LEN="48", EVAL_STRIDE="16", TTT_CHUNK="16", TTT_LR="0.05", TTT_RANK="2", TTT_BATCH_DOCS="3",
-            TTT_TARGETS="q,k,v,o,up,down,head")
+            TTT_TARGETS="q,k,v,o,up,down,head", TILT_ORDER="0")  # the TTT mechanics untilted; tests/test_tilt.py tilts
 
 
 def tiny(**env):
@@ -387,3 +387,37 @@ def test_no_base_update_uses_a_document_before_it_is_scored(monkeypatch):
     assert len(calls) == 3 and all(c > 0 for c in calls) and info["phase_steps"] == 3
     assert (per_target[1] == 1).all()
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), weights))
+
+
+@pytest.mark.parametrize("mean,batch_docs,window,width", [(1276, 32, 2048, 32), (2796, 8, 64, 1), (2114, 32, 128, 4),
+                                                          (200, 8, 64, 5), (40, 8, 64, 8)])
+def test_batch_width_is_the_width_the_pass_makes(mean, batch_docs, window, width):
+    """batch_width from document lengths (the default shape on FineWeb-like lengths, the tiny runs', P1's, ...) is the
+    mean width of the batches the pass makes from segments of such documents, to 35%."""
+    h = load_hparams({**TINY, "TTT_BATCH_DOCS": str(batch_docs), "EVAL_SEQ_LEN": str(window), "TTT_CHUNK": "16"})
+    g = torch.Generator().manual_seed(0)
+    lengths = (torch.empty(4000).exponential_(1 / mean, generator=g).long() + 2).tolist()
+    starts = [0]
+    for n in lengths[:-1]:
+        starts.append(starts[-1] + n)
+    assert train_gpt.batch_width(h, lengths) == width
+    made = [len(b) for seg in train_gpt.ttt_segments(starts, lengths, h, 1)
+            for b in train_gpt.rank_batches(seg.docs, lengths, h, 0, 1)]
+    assert abs(sum(made) / len(made) - width) <= 0.35 * width
+
+
+def test_the_warm_up_times_batches_as_wide_as_the_pass_makes_them(monkeypatch):
+    """The warm-up's documents have the lengths drawn (no random BOS cuts them: at vocab 1,024 one did every ~1,024
+    tokens), and it times batches of batch_width documents (its first batch, the compile, is TTT_BATCH_DOCS wide).
+    Timed at full width, the tiny runs' rates were 2x too fast: their 1,024-token segments hold about one
+    2,800-token document each."""
+    h, model = tiny(TTT_BATCH_DOCS=4, EVAL_SEQ_LEN=48, TTT_CHUNK=16, TTT_PLAN=0)
+    widths, batch = [], train_gpt.ttt_batch
+    monkeypatch.setattr(train_gpt, "ttt_batch", lambda fwd, tokens, s, n, *a, **k: widths.append(len(n)) or
+                        batch(fwd, tokens, s, n, *a, **k))
+    for doc_lengths, want in (([30] * 40, 4), ([400] * 40, 1)):  # 2 x 4 x 48 / 30 = 12.8 -> 4; / ~370 -> 1
+        widths.clear()
+        warm = train_gpt.warm_up_documents(h, 1, VOCAB, BOS, torch.Generator().manual_seed(0), doc_lengths)
+        assert documents(warm, BOS)[1] == doc_lengths[:9] + [48 + 16]  # 2 x 4 + 1 drawn, then the long one
+        train_gpt.ttt_warm_up(model, model, warm, luts(), h, BOS, torch.autocast("cpu", enabled=False), lambda: None)
+        assert widths[0] == 4 and set(widths[1:]) == {want}, widths
