@@ -905,13 +905,19 @@ def ttt_batch(fwd, tokens, starts: list[int], lengths: list[int], init: dict, lu
     dropped = (~keep).nonzero().flatten().tolist()
     if dropped:  # rare: the base model's scores where the adapted ones were not finite
         for idx, mask in lost:
-            x, y = tokens[idx].long(), tokens[idx + 1].long()
-            with torch.no_grad(), autocast:
-                score = nll_and_score(fwd, x, y, idx, hints)[1]
-            sums += score_sums(score, x, y, mask, luts)
-            if per_target is not None:
-                per_target.index_add_(1, idx[mask], torch.stack([score[mask], torch.ones_like(score[mask])]).double())
+            sums += score_unadapted(fwd, tokens, idx, mask, luts, autocast, per_target, hints)
     return sums, dropped, work
+
+
+def score_unadapted(fwd, tokens, idx, mask, luts, autocast, per_target=None, hints=None) -> torch.Tensor:
+    """The (nll, tokens, bytes) sums of the targets under `mask` of windows `idx` (token positions), scored by the
+    base weights in one forward (the forward-only graph); their scores added to per_target."""
+    x, y = tokens[idx].long(), tokens[idx + 1].long()
+    with torch.no_grad(), autocast:
+        score = nll_and_score(fwd, x, y, idx, hints)[1]
+    if per_target is not None:
+        per_target.index_add_(1, idx[mask], torch.stack([score[mask], torch.ones_like(score[mask])]).double())
+    return score_sums(score, x, y, mask, luts)
 
 
 def forward_rows(starts: list[int], lengths: list[int], chunk: int, seq_len: int) -> list[tuple[int, int, int]]:
@@ -960,12 +966,7 @@ def score_forward(fwd, tokens, rows, luts, h, autocast, per_target=None, hints=N
         pos = torch.arange(max(2, batch[0][1]), device=device)
         idx = (first[:, None] + pos).clamp_max(tokens.numel() - 2)
         scored = (pos >= scored_from[:, None]) & (pos < width[:, None])
-        x, y = tokens[idx].long(), tokens[idx + 1].long()
-        with torch.no_grad(), autocast:
-            score = nll_and_score(fwd, x, y, idx, hints)[1]
-        sums += score_sums(score, x, y, scored, luts)
-        if per_target is not None:
-            per_target.index_add_(1, idx[scored], torch.stack([score[scored], torch.ones_like(score[scored])]).double())
+        sums += score_unadapted(fwd, tokens, idx, scored, luts, autocast, per_target, hints)
         work += idx.numel()
     return sums, work
 
