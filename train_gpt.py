@@ -105,8 +105,8 @@ HPARAMS = dict(  # every one an environment variable of the same name; the READM
     # test-time training
     TTT=1,  # score-first test-time training: the scored pass (0: the sliding window is)
     TTT_CHUNK=128,  # tokens per chunk: each is scored, then adapted on (at most EVAL_SEQ_LEN)
-    TTT_LR=0.005,  # Adam learning rate of the adapters
-    TTT_RANK=16,  # rank of each adapter
+    TTT_LR=0.001,  # Adam learning rate of the adapters (P1: best with rank 80)
+    TTT_RANK=80,  # rank of each adapter (#2135: 80)
     TTT_TARGETS="k,o,up,down,head",  # what adapts: any of q,k,v,o,up,down,head
     TTT_BATCH_DOCS=32,  # documents adapted side by side per rank
     TTT_PLAN=0.8,  # > 0: the finest of TTT_CHUNK, /2, /4, /8 whose pass the warm-up's rates project to end within this
@@ -115,7 +115,7 @@ HPARAMS = dict(  # every one an environment variable of the same name; the READM
     TTT_PHASE_DOCS=833,  # the base weights over the group's scored tokens (all ranks averaged), rows renormalized
     TTT_PHASE_LR=0.5,  # (#1855: 3 phases of 833 documents); the SGD learning rate (P1's best)
     TTT_PHASE_STEPS=1,  # SGD steps per phase, each on a share of the group's tokens, the rate falling (cosine) to 0
-    TILT_ORDER=0,  # > 0: the TTT score's token n-gram tilt of this order from the scored prefix (#2130, #2135: 16)
+    TILT_ORDER=16,  # > 0: the TTT score's token n-gram tilt of this order from the scored prefix (#2130, #2135: 16)
     TILT_THRESHOLD=0.8,  # a hint where the n-gram's top next token has had at least this share of its context's
     TILT_BOOST=2.625,  # occurrences; the hinted token's logit gets this boost, renormalized (#2135)
     # numerics
@@ -1129,23 +1129,26 @@ def evaluate_ttt(model: nn.Module, tokens: torch.Tensor, luts, h, bos: int, auto
     in a few batched forwards) and no more phase steps run. Every decision depends on the tokens before the segment
     only, so no score depends on a later token, deadline or not.
     info: docs, tokens, bytes, nonfinite (documents that lost their adaptation), unadapted (by the deadline),
-    deadline_at (seconds into this pass when the deadline struck: the first rank), phase_steps (taken), window_tokens and
+    deadline_at (seconds into this pass when the deadline struck: the first rank), hints and hints_s (the n-gram tilt's
+    hints that fire and the seconds their computation took, from this pass's start), phase_steps (taken), window_tokens and
     forward_tokens (this rank's work, adapted and forward only), longest_segment_s (this rank's longest adapted
     segment: how far past the deadline the pass may end). per_target (2, N-1), on the tokens' device, if given, gets
     each target's nll and count (one rank: the tests)."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     if deadline is not None and rates is None:
         raise ValueError("a deadline needs the measured TTT rates (ttt_warm_up)")
-    t0 = clock()
+    t0, wall = clock(), time.perf_counter()
     starts, lengths = documents(tokens, bos)
     hints = ngram_hints(tokens, h.tilt_order, h.tilt_threshold) if h.tilt_order else None
+    fired = None if hints is None else int((hints >= 0).sum().item())  # (a host sync: the hints' time is measured)
+    hints_s = time.perf_counter() - wall
     base = [p.detach().clone() for p in model.matrices()] if h.ttt_phases else []
     with frozen(model):
         out = ttt_pass(model if fwd is None else fwd, model, tokens, hints, starts, lengths, luts, h, autocast,
                        per_target, deadline, rates, clock, t0, rank, world)
         restore(model.matrices(), base)
     sums, info = out
-    info["hints"] = None if hints is None else int((hints >= 0).sum().item())
+    info["hints"], info["hints_s"] = fired, hints_s
     if world > 1:
         dist.all_reduce(sums)
         info["nonfinite"], info["unadapted"], info["deadline_at"] = all_ranks(
@@ -2039,6 +2042,9 @@ class Run:
         full_s = ms / 1000 * FULL_VAL_TOKENS / self.val_tokens.numel() * self.world / 8
         self.log(f"ttt gain_bpb:{bpb - base_bpb:.4f} vs:{base} docs:{info['docs']} tokens:{info['tokens']} "
                  f"time:{ms:.0f}ms full_split_8x_this_device:{full_s:.0f}s")
+        if info["hints"] is not None:
+            self.log(f"ttt_tilt order:{h.tilt_order} hints:{info['hints']} targets:{info['tokens']} "
+                     f"time:{1000 * info['hints_s']:.0f}ms")
         if h.ttt_phases:
             self.log(f"ttt_phases:{h.ttt_phases} steps_taken:{info['phase_steps']}")
         bad, late = info["nonfinite"], info["unadapted"]

@@ -183,8 +183,8 @@ def test_memory_saved_activations_match_a_hand_count(env):
 
 def check_memory_output(stdout: str) -> dict:
     out = last_json(stdout)
-    assert out["mode"] == "memory" and set(out["phases"]) == set(PHASES)
-    for name in PHASES:  # one row per phase, in GiB, with its breakdown
+    assert out["mode"] == "memory" and set(out["phases"]) - {"tilt"} == set(PHASES)
+    for name in out["phases"]:  # one row per phase, in GiB, with its breakdown
         row = next(line for line in stdout.splitlines() if line.split()[:1] == [name])
         assert f"{out['phases'][name]['total'] / 2**30:.2f} GiB" in row and "params" in row
     assert "worst phase:" in stdout and "H100" in stdout
@@ -227,6 +227,20 @@ def test_memory_default_shape_training_step_fits_60_gb(monkeypatch, capsys):
     assert out["shape"]["batch_tokens"] == 48 * 2048 and out["world"] == 8
     train = out["phases"]["train"]["total"]
     assert train <= 60e9, f"training step {train / 1e9:.1f} GB = {train / 2**30:.1f} GiB per rank, over 60 GB"
+
+
+def test_memory_counts_the_tilt_where_it_is_on(monkeypatch, capsys):
+    """The n-gram tilt's phase (its hints computed over the whole split before TTT) and its hints kept through TTT,
+    from a per-token measure on real tokens that is linear in the stream's length; none with TILT_ORDER=0."""
+    h = train_gpt.load_hparams({"TILT_ORDER": "16"})
+    small, large = bench_tool.measure_tilt(h, 2**14), bench_tool.measure_tilt(h, 2**16)
+    assert small["hints_per_token"] == large["hints_per_token"] == 8  # int64, one per target
+    assert 50 < large["peak_per_token"] < 400 and abs(small["peak_per_token"] / large["peak_per_token"] - 1) < 0.05
+    on = memory_in_process({**TINY, "TILT_ORDER": "16"}, monkeypatch, capsys)["phases"]
+    assert on["tilt"]["parts"]["ngram_hints"] == pytest.approx(on["tilt"]["per_token"] * bench_tool.VAL_TOKENS, abs=1)
+    assert on["ttt"]["parts"]["tilt_hints"] == 8 * bench_tool.VAL_TOKENS
+    off = memory_in_process({**TINY, "TILT_ORDER": "0"}, monkeypatch, capsys)["phases"]
+    assert "tilt" not in off and "tilt_hints" not in off["ttt"]["parts"]
 
 
 def test_memory_mode_at_the_sp8192_preset(monkeypatch, capsys):

@@ -216,6 +216,14 @@ def test_evaluation_deadline_on_two_ranks(launched, tiny_shards):
     gain = re.search(r"(?m)^ttt gain_bpb:\S+ vs:plain docs:(\d+) tokens:(\d+) ", log)
     n_targets = load_tokens(f"{tiny_shards.data_path}/fineweb_val_*.bin").numel() - 1
     assert int(gain.group(1)) == TINY_VAL_DOCS and int(gain.group(2)) == n_targets
+    # tools/runlog.py reads these lines as the script writes them (the tilt is on by default)
+    parsed = parse_log(run.cwd / "logs" / "options.txt")
+    assert parsed["ttt_deadline"] == {"docs_unadapted": int(late.group(1)), "at_s": float(late.group(2)),
+                                      "forward_only_tokens": int(late.group(3)),
+                                      "longest_adapted_segment_s": float(late.group(4))}
+    tilt = parsed["ttt_tilt"]
+    assert tilt["order"] == 16 and tilt["targets"] == n_targets and 0 <= tilt["hints"] < n_targets
+    assert tilt["time_ms"] is not None and tilt["time_ms"] >= 0
 
 
 def test_the_plan_fills_the_budget_and_ends_within_it(launched):

@@ -465,7 +465,8 @@ final_ttt_roundtrip val_loss:2.8000 val_bpb:1.1300 eval_time:21000ms
 final_ttt_roundtrip_exact val_loss:2.80001234 val_bpb:1.13004321
 ttt gain_bpb:-0.0300 vs:plain docs:62 tokens:131071 time:21000ms full_split_8x_this_device:1237s
 ttt_nonfinite_docs:0
-ttt_deadline docs_unadapted:12 at:20.1s forward_only_tokens:30000 longest_adapted_batch:3.5s first:1,2
+ttt_tilt order:16 hints:4567 targets:131071 time:35ms
+ttt_deadline docs_unadapted:12 at:20.1s forward_only_tokens:30000 longest_adapted_segment:3.5s first:1,2
 peak_memory phase:ttt allocated:50000MiB reserved:52000MiB
 eval_phase_time:24000ms
 eval_phase_compiles:0
@@ -496,7 +497,8 @@ def test_summary_rows_from_a_synthetic_log(tmp_path):
                                           "deadline)")
     assert rows["TTT full split on 8 devices like this (8x H100 projection)"] == "1237 s"
     assert rows["TTT deadline (ttt_deadline)"] == ("struck at 20.1 s: 12 docs forward only (30,000 tokens), longest "
-                                                   "adapted batch 3.5 s")
+                                                   "adapted segment 3.5 s")
+    assert rows["TTT n-gram tilt: hints, their time (ttt_tilt)"] == "order 16: 4,567 of 131,071 targets hinted in 35 ms"
     assert rows["evaluation time (eval_phase_time)"] == "24.0 s (budgeted 28.0 s)"
     assert rows["graphs compiled inside the clocks"] == "training 0, evaluation 0"
     # 200 s less warm-up 31.234, training 38.5, export 12.345, TTT warm-up 60, evaluation 24

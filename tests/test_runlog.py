@@ -188,12 +188,17 @@ def test_ngpt_warm_up_rates_deadline_and_flash_attention_lines(tmp_path):
             "step:40/20000 train_loss:5.1000 train_time:37000ms step_avg:925.00ms\n"
             "ttt_warmup_time:45678ms (random tokens, before the evaluation clock)\n"
             "ttt_rates adapted:123456 forward_only:654321 window tokens/s per rank\n"
-            "ttt_deadline docs_unadapted:40 at:0.3s forward_only_tokens:98765 longest_adapted_batch:1.5s first:3,4\n")
+            "ttt_deadline docs_unadapted:40 at:0.3s forward_only_tokens:98765 longest_adapted_segment:1.5s first:3,4\n"
+            "ttt_tilt order:16 hints:1234 targets:131071 time:56ms\n")
     log = parse_log(write(tmp_path / "a.txt", FAKE_SOURCE + "\n" + SEPARATOR + "\n" + body))
     assert (log["warmup_steps"], log["train_warmup_time_ms"], log["warmup_time_ms"]) == (2, 31234.0, 45678.0)
     assert log["ttt_rates"] == {"adapted": 123456.0, "forward_only": 654321.0}
     assert log["ttt_deadline"] == {"docs_unadapted": 40, "at_s": 0.3, "forward_only_tokens": 98765,
-                                   "longest_adapted_batch_s": 1.5} and log["ttt_docs_unadapted"] == 40
+                                   "longest_adapted_segment_s": 1.5} and log["ttt_docs_unadapted"] == 40
+    assert log["ttt_tilt"] == {"order": 16, "hints": 1234, "targets": 131071, "time_ms": 56.0}
+    older = parse_log(write(tmp_path / "c.txt", FAKE_SOURCE + "\n" + SEPARATOR + "\n" + body.replace(
+        "longest_adapted_segment:", "longest_adapted_batch:")))  # this script's logs before segments
+    assert older["ttt_deadline"]["longest_adapted_segment_s"] == 1.5
     assert log["flash_attn_3"] == "agrees with SDPA (eager and compiled, ops fwd: max abs difference 0.0039)"
     assert (log["world_size"], log["grad_accum_steps"], log["step_avg_ms"]) == (1, 8, 925.0)
     plain = parse_log(write(tmp_path / "b.txt", "run_id:gc\nworld_size:1 grad_accum_steps:8 flash_attn_3:False\n"))

@@ -619,6 +619,16 @@ def measure_calibration(h, seqs: int, fake: bool = True) -> dict:
                 matrices=matrices)
 
 
+def measure_tilt(h, tokens: int = 2**20) -> dict:
+    """train_gpt.ngram_hints on `tokens` random real tokens (fake tensors cannot follow its data-dependent masks): the
+    live peak per token of computing the hints (its sorts and their permutations; linear in the stream's length), and
+    the hints it returns (int64, one per target, kept through the TTT pass)."""
+    stream = torch.randint(h.vocab_size, (tokens + 1,), generator=torch.Generator().manual_seed(h.seed))
+    with LiveBytes() as live:
+        hints = train_gpt.ngram_hints(stream, h.tilt_order, h.tilt_threshold)
+    return dict(peak_per_token=live.peak / tokens, hints_per_token=tensor_bytes([hints]) / tokens)
+
+
 def gptq_working_set(rows: int, cols: int, n: int) -> int:
     """Bytes train_gpt.quantize_matrix holds at once for a (rows, cols) matrix whose input has n features (read off
     gptq and inverse_hessian_factor): the normalized fp32 copy of W (4 rc) throughout; then either the factorization,
@@ -702,6 +712,11 @@ def bench_memory(args, h, device) -> dict:
         phases["ttt"] = dict(parts=dict(resident, hessians=hess, adapter_adam=2 * ttt["adapter_bytes"],
                                         fwd_bwd_live=ttt["live_peak"]),
                              saved=ttt["saved"])
+    if h.ttt and h.tilt_order:  # the hints of the whole split, made before the TTT pass and read through it
+        tilt = measure_tilt(h)
+        phases["tilt"] = dict(parts=dict(resident, hessians=hess, ngram_hints=round(tilt["peak_per_token"] * VAL_TOKENS)),
+                              per_token=tilt["peak_per_token"])
+        phases["ttt"]["parts"]["tilt_hints"] = round(tilt["hints_per_token"] * VAL_TOKENS)
     for name, ph in phases.items():
         ph["total"] = max(sum(ph["parts"].values()), ph.get("eager_peak", 0), ph.get("optimizer_step", 0),
                           ph.get("calibration", 0))
@@ -710,13 +725,15 @@ def bench_memory(args, h, device) -> dict:
     print(f"memory: per-rank peak of each phase, world {world}, micro-batch {seqs} x {seq_len} tokens, eval "
           f"{h.eval_batch_seqs} x {h.eval_seq_len}, TTT {ttt_docs} docs x {h.eval_seq_len} (rank {h.ttt_rank}, "
           f"{h.ttt_targets}); eager, on fake tensors; GiB = 2^30 bytes")
-    for name in ("train", "eval", "ttt", "gptq"):
+    for name in ("train", "eval", "tilt", "ttt", "gptq"):
         if name not in phases:
             continue
         ph = phases[name]
         extra = (f", eager live peak {gib(ph['eager_peak'])} (at {ph['eager_peak_op']}), optimizer step "
                  f"{gib(ph['optimizer_step'])}" if name == "train"
-                 else f", calibration {gib(ph['calibration'])}" if name == "gptq" else "")
+                 else f", calibration {gib(ph['calibration'])}" if name == "gptq"
+                 else f"; the n-gram hints' {ph['per_token']:.0f} bytes per token, measured on 2^20 real tokens"
+                 if name == "tilt" else "")
         parts = " + ".join(f"{k} {gib(v)}" for k, v in ph["parts"].items())
         print(f"  {name:<5} {gib(ph['total']):>6} GiB ({ph['total'] / 1e9:5.1f} GB) = max(sum {gib(sum(ph['parts'].values()))}"
               f"{extra}); sum = {parts}")

@@ -517,8 +517,9 @@ def ttt_rows(t: dict, call: Call) -> list[tuple[str, str]]:
     deadline = "n/a" if not ttt else "did not strike"
     if late:
         deadline = (f"struck at {fmt(late['at_s'], '.1f', ' s')}: {late['docs_unadapted']} docs forward only "
-                    f"({fmt(late['forward_only_tokens'])} tokens), longest adapted batch "
-                    f"{fmt(late['longest_adapted_batch_s'], '.1f', ' s')}")
+                    f"({fmt(late['forward_only_tokens'])} tokens), longest adapted segment "
+                    f"{fmt(late['longest_adapted_segment_s'], '.1f', ' s')}")
+    tilt = t.get("ttt_tilt")
     return [("TTT warm-up: compiles on random tokens (ttt_warmup_time)",
              against(seconds_of(t.get("warmup_time_ms")), call.keyed_s("ttt_warmup"))),
             ("TTT rates, window tokens/s per rank (ttt_rates)", "n/a" if not rates else
@@ -526,7 +527,10 @@ def ttt_rows(t: dict, call: Call) -> list[tuple[str, str]]:
             ("TTT gain (gain_bpb)", "n/a" if not ttt else f"{ttt['gain_bpb']:+.4f} vs {ttt['vs']}"),
             ("TTT time per token", per_token),
             ("TTT full split on 8 devices like this (8x H100 projection)", fmt(ttt.get("full_split_8x_s"), ".0f", " s")),
-            ("TTT deadline (ttt_deadline)", deadline)]
+            ("TTT deadline (ttt_deadline)", deadline),
+            ("TTT n-gram tilt: hints, their time (ttt_tilt)", "n/a" if not tilt else
+             f"order {tilt['order']}: {fmt(tilt['hints'])} of {fmt(tilt['targets'])} targets hinted in "
+             f"{fmt(tilt['time_ms'], ',.0f', ' ms')}")]
 
 
 def table(res: dict, call: Call) -> list[tuple[str, str]]:

@@ -167,7 +167,7 @@ def _new_log(path: Path, source: str | None) -> dict:
         "train_phase_compiles": None, "submission_bytes": None, "errors": [], "nonfinite": [], "sliding_score": None,
         "ttt_score": None, "ttt": None, "ttt_docs_unadapted": None, "export_time_ms": None,
         "artifact_load_time_ms": None, "peak_memory": {}, "gptq_fallback": [], "warmup_steps": None,
-        "train_warmup_time_ms": None, "ttt_rates": None, "ttt_deadline": None, "flash_attn_3": None,
+        "train_warmup_time_ms": None, "ttt_rates": None, "ttt_deadline": None, "ttt_tilt": None, "flash_attn_3": None,
     }
 
 
@@ -227,7 +227,11 @@ def _ngpt_line(log: dict, line: str, f: dict) -> bool:
         log["ttt_docs_unadapted"] = _int(f.get("docs_unadapted"))
         log["ttt_deadline"] = {"docs_unadapted": _int(f.get("docs_unadapted")), "at_s": _seconds(f.get("at")),
                                "forward_only_tokens": _int(f.get("forward_only_tokens")),
-                               "longest_adapted_batch_s": _seconds(f.get("longest_adapted_batch"))}
+                               "longest_adapted_segment_s": _seconds(f.get("longest_adapted_segment",
+                                                                           f.get("longest_adapted_batch")))}
+    elif line.startswith("ttt_tilt "):
+        log["ttt_tilt"] = {"order": _int(f.get("order")), "hints": _int(f.get("hints")),
+                           "targets": _int(f.get("targets")), "time_ms": _num(f.get("time"))}
     elif line.startswith("ttt_rates "):
         log["ttt_rates"] = {"adapted": _num(f.get("adapted")), "forward_only": _num(f.get("forward_only"))}
     elif line.startswith("warmup_steps:"):  # the training's compiles and warm-up steps, before its clock
@@ -384,7 +388,8 @@ def parse_log(path: str | Path) -> dict:
     eval, ttt; a line without phase: is "train"), gptq_fallback [{count, matrices}], warmup_steps and
     train_warmup_time_ms (`warmup_steps:N done ... warmup_time:Tms`: the training's compiles and warm-up steps, before
     its clock), ttt_rates {adapted, forward_only} (window tokens/s per rank, measured in the TTT warm-up), ttt_deadline
-    {docs_unadapted, at_s, forward_only_tokens, longest_adapted_batch_s}, flash_attn_3 (the start-up check's verdict,
+    {docs_unadapted, at_s, forward_only_tokens, longest_adapted_segment_s (older logs: longest_adapted_batch)}, ttt_tilt
+    {order, hints, targets, time_ms} (the n-gram tilt's hints that fired, and their computation's time), flash_attn_3 (the start-up check's verdict,
     else "in use" / "not in use (SDPA)" from the world_size line). official-april alone: total_eval_time_ms.
     """
     path = Path(path)
