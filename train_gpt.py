@@ -1246,10 +1246,13 @@ def plan_chunks(h) -> list[int]:
     return [h.ttt_chunk >> k for k in range(4) if h.ttt_chunk >> k >= 4] or [h.ttt_chunk]
 
 
-def ttt_warm_up(model: nn.Module, fwd, tokens: torch.Tensor, luts, h, bos: int, autocast, sync) -> dict[int, Rates]:
+def ttt_warm_up(model: nn.Module, fwd, tokens: torch.Tensor, luts, h, bos: int, autocast, sync,
+                too_slow=None) -> dict[int, Rates]:
     """Compile TTT's graphs on `tokens` (warm_up_documents: never validation tokens), then measure its rates for each
     of plan_chunks (`sync` before each reading of the clock): two batches of documents adapted, as wide as the pass's
-    will be (batch_width), every document forward only. With TTT_PHASES, the base-weight step's graph too (undone)."""
+    will be (batch_width), every document forward only. With TTT_PHASES, the base-weight step's graph too (undone).
+    too_slow(rates): True when a chunk's pass could not fit the plan even with the whole budget; the finer chunks,
+    slower still (more steps per token), are then neither timed nor compiled (the plan cannot take them)."""
     starts, lengths = documents(tokens, bos)
     init = initial_adapters(model, h, tokens.device)
     hints = ngram_hints(tokens, h.tilt_order, h.tilt_threshold) if h.tilt_order else None
@@ -1283,6 +1286,8 @@ def ttt_warm_up(model: nn.Module, fwd, tokens: torch.Tensor, luts, h, bos: int, 
             t2 = time.perf_counter()
             scored = sum(lengths[d] for d in timed)
             rates[chunk] = Rates(scored / (t1 - t0), row_tokens(rows) / (t2 - t1), row_tokens(rows) / sum(lengths))
+            if too_slow is not None and too_slow(rates[chunk]):
+                break
     return rates
 
 
@@ -1945,7 +1950,7 @@ class Run:
             starts = np.flatnonzero(load_shard(train_files[0], h.vocab_size) == self.bos)
             tokens = warm_up_documents(h, self.world, h.vocab_size, self.bos, g, np.diff(starts).tolist())
             rates = ttt_warm_up(self.model, fwd, tokens.to(self.device), self.luts, h, self.bos, self.autocast,
-                                self.sync)
+                                self.sync, self.too_slow)
         if self.sliding:
             n = (self.world * h.eval_batch_seqs + 1) * h.eval_stride + h.eval_seq_len + 1
             self.val(h.eval_stride, h.eval_batch_seqs, h.eval_seq_len,
@@ -1957,6 +1962,15 @@ class Run:
             self.log(f"ttt_rates chunk:{chunk} adapted:{r.adapted:.0f} scored tokens/s, forward_only:{r.forward:.0f} "
                      f"window tokens/s, forward_windows_per_token:{r.forward_ratio:.2f} per rank")
         return rates
+
+    def too_slow(self, r: Rates) -> bool:
+        """Whether a pass at these rates would overrun TTT_PLAN's share of the whole EVAL_BUDGET_SECONDS (the most
+        time the plan can have): rank 0's verdict for every rank, so every rank times the same chunks."""
+        late = torch.tensor(int(self.val_tokens.numel() - 1 > r.adapted * self.world * self.h.ttt_plan
+                                * self.h.eval_budget_seconds), device=self.device)
+        if self.world > 1:
+            dist.broadcast(late, 0)
+        return bool(late.item())
 
     def score(self, path: str, pre_bpb: float, train_files: list[str]) -> None:
         """The score comes from the file alone: poison every weight, load all of them from it, then evaluate. The
@@ -2022,7 +2036,7 @@ class Run:
         t0 = time.perf_counter()
         deadline = t_eval + h.eval_budget_seconds if h.eval_budget_seconds > 0 else None
         chunk, projected = h.ttt_chunk, None
-        if deadline is not None and len(rates) > 1:  # the warm-up's rates: nothing of the validation split is read
+        if deadline is not None and len(plan_chunks(h)) > 1:  # the warm-up's rates: no validation token is read
             chunk, projected = plan_chunk(rates, self.val_tokens.numel() - 1, self.world, deadline - t0, h.ttt_plan)
             if self.world > 1:  # one plan for every rank: rank 0's (a rank's chunk must not depend on its own clock)
                 choice = torch.tensor(chunk, device=self.device)

@@ -96,14 +96,14 @@ CASES = {
 }
 DETERMINISM = {"same_seed_a": ({"SEED": "7"}, 1, None), "same_seed_b": ({"SEED": "7"}, 1, None)}
 BUDGET_S = 0.5  # an evaluation deadline below TTT's need (about 2 s here alone, more beside the other cases)
-PLAN_BUDGET_S = 12.0
+PLAN_BUDGET_S, PLAN_SHARE = 30.0, 0.7  # the chunk of 64 projects 12-16 s here, 32 twice that
 # every recipe option away from its default at once, on 2 ranks, with the RTN export filling a byte target and an
 # evaluation deadline far too short (each part has its own test below)
 OPTIONS = {"options": ({"SPHERE_OPT": "wn", "MUON_WD": "0.04", "LEAKY_SLOPE": "0.5", "MUON_MOMENTUM_WARMUP_STEPS": "5",
                         "QK_GAIN_INIT": "5", "ROPE_DIMS": "8", "QUANT_METHOD": "rtn", "TARGET_BYTES_PER_PARAM": "0.5",
                         "EVAL_BUDGET_SECONDS": str(BUDGET_S), "TTT_BATCH_DOCS": "2", "TTT_PLAN": "0.8"}, 2, None),
            # TTT_PLAN fills a budget that the default chunk (64, the window) leaves mostly unused
-           "plan": ({"EVAL_BUDGET_SECONDS": str(PLAN_BUDGET_S), "TTT_PLAN": "0.5"}, 1, None)}
+           "plan": ({"EVAL_BUDGET_SECONDS": str(PLAN_BUDGET_S), "TTT_PLAN": str(PLAN_SHARE)}, 1, None)}
 
 
 def free_port():
@@ -227,20 +227,26 @@ def test_evaluation_deadline_on_two_ranks(launched, tiny_shards):
 
 
 def test_the_plan_fills_the_budget_and_ends_within_it(launched):
-    """TTT_PLAN: the warm-up measures every candidate chunk's rate; the plan picks the finest whose projected pass fits
-    its share of the time left, logs it beside the actual time, and the evaluation ends within the budget (the
-    deadline guards a projection gone wrong: within the budget plus its longest adapted segment)."""
+    """TTT_PLAN: the warm-up measures the candidate chunks' rates from the coarsest on, stopping at the first whose
+    pass could not fit the plan's share of the whole budget (finer ones are slower still); the plan picks the finest
+    whose projected pass fits its share of the time left, logs it beside the actual time, and the evaluation ends
+    within the budget (the deadline guards a projection gone wrong: within the budget plus its longest adapted
+    segment)."""
     run = launched["plan"]
     assert run.codes == [0], run.err[0][-3000:]
     log = (run.cwd / "logs" / "plan.txt").read_text()
-    rates = re.findall(r"(?m)^ttt_rates chunk:(\d+) adapted:(\d+) ", log)
-    assert [int(c) for c, _ in rates] == [64, 32, 16, 8]
-    plan = re.search(r"(?m)^ttt_plan chunk:(\d+) projected:(\S+)s actual:(\S+)s share:0.5 of:(\S+)s "
-                     r"candidates:64=\S+s,32=\S+s,16=\S+s,8=\S+s$", log)
-    chunk, projected, actual, left = int(plan.group(1)), *map(float, plan.groups()[1:])
+    measured = [int(c) for c in re.findall(r"(?m)^ttt_rates chunk:(\d+) adapted:\d+ ", log)]
+    assert measured and measured == [64, 32, 16, 8][:len(measured)]
+    plan = re.search(rf"(?m)^ttt_plan chunk:(\d+) projected:(\S+)s actual:(\S+)s share:{PLAN_SHARE} of:(\S+)s "
+                     r"candidates:(\S+)$", log)
+    chunk, projected, actual, left = int(plan.group(1)), *map(float, plan.groups()[1:4])
     print(plan.group(0))
-    candidates = {int(c): float(p) for c, p in re.findall(r"(\d+)=([\d.]+)s", plan.group(0).split("candidates:")[1])}
-    fits = [c for c, p in candidates.items() if p <= 0.5 * left]
+    candidates = {int(c): float(p) for c, p in re.findall(r"(\d+)=([\d.]+)s", plan.group(5))}
+    assert list(candidates) == measured
+    whole = PLAN_SHARE * PLAN_BUDGET_S  # the stop: every measured chunk but the last fits the whole budget's share
+    assert all(p <= whole + 0.05 for p in list(candidates.values())[:-1])
+    assert len(measured) == 4 or candidates[measured[-1]] > whole - 0.05
+    fits = [c for c, p in candidates.items() if p <= PLAN_SHARE * left]
     assert chunk == (min(fits) if fits else 64) and projected == candidates[chunk]
     phase_s = int(re.search(r"(?m)^eval_phase_time:(\d+)ms$", log).group(1)) / 1000
     late = re.search(r"(?m)^ttt_deadline .*longest_adapted_segment:(\d+\.\d)s", log)

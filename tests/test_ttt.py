@@ -406,6 +406,23 @@ def test_batch_width_is_the_width_the_pass_makes(mean, batch_docs, window, width
     assert abs(sum(made) / len(made) - width) <= 0.35 * width
 
 
+def test_the_warm_up_stops_timing_at_the_first_chunk_too_slow_for_the_plan():
+    """too_slow(rates) True after a chunk: no finer chunk is timed (the plan could not take one, each being slower);
+    never True: every candidate is."""
+    h, model = tiny(TTT_BATCH_DOCS=4, EVAL_SEQ_LEN=48, TTT_CHUNK=32, TTT_PLAN=0.8, EVAL_BUDGET_SECONDS=10)
+    warm = train_gpt.warm_up_documents(h, 1, VOCAB, BOS, torch.Generator().manual_seed(0), [60] * 20)
+    seen = []
+
+    def warm_up(verdicts):
+        seen.clear()
+        return train_gpt.ttt_warm_up(model, model, warm, luts(), h, BOS, torch.autocast("cpu", enabled=False),
+                                     lambda: None, lambda r: seen.append(r) or verdicts[len(seen) - 1])
+    assert train_gpt.plan_chunks(h) == [32, 16, 8, 4]
+    assert list(warm_up([False, True, True, True])) == [32, 16] and len(seen) == 2
+    assert list(warm_up([True] * 4)) == [32]
+    assert list(warm_up([False] * 4)) == [32, 16, 8, 4] and all(min(r) > 0 for r in seen)
+
+
 def test_the_warm_up_times_batches_as_wide_as_the_pass_makes_them(monkeypatch):
     """The warm-up's documents have the lengths drawn (no random BOS cuts them: at vocab 1,024 one did every ~1,024
     tokens), and it times batches of batch_width documents (its first batch, the compile, is TTT_BATCH_DOCS wide).

@@ -72,7 +72,8 @@ def score(args) -> dict:
     rates, deadline = None, None
     if h.eval_budget_seconds > 0:  # the run's warm-up (random tokens), its plan (TTT_PLAN) and deadline
         tokens = T.warm_up_documents(h, 1, h.vocab_size, sp.bos_id(), torch.Generator().manual_seed(0)).to(device)
-        rates = T.ttt_warm_up(model, model, tokens, luts, h, sp.bos_id(), autocast, sync)
+        rates = T.ttt_warm_up(model, model, tokens, luts, h, sp.bos_id(), autocast, sync,
+                              lambda r: val.numel() - 1 > r.adapted * h.ttt_plan * h.eval_budget_seconds)
         h.ttt_chunk = T.plan_chunk(rates, val.numel() - 1, 1, h.eval_budget_seconds, h.ttt_plan)[0]
         deadline = time.perf_counter() + h.eval_budget_seconds
     t2 = time.perf_counter()
