@@ -248,6 +248,9 @@ def test_the_plan_fills_the_budget_and_ends_within_it(launched):
     assert len(measured) == 4 or candidates[measured[-1]] > whole - 0.05
     fits = [c for c, p in candidates.items() if p <= PLAN_SHARE * left]
     assert chunk == (min(fits) if fits else 64) and projected == candidates[chunk]
+    parsed = parse_log(run.cwd / "logs" / "plan.txt")  # tools/runlog.py: the plan and the rates of its chunk
+    assert parsed["ttt_plan"] == {"chunk": chunk, "projected_s": projected, "actual_s": actual}
+    assert parsed["ttt_rates"]["chunk"] == chunk and [r["chunk"] for r in parsed["ttt_rates_by_chunk"]] == measured
     phase_s = int(re.search(r"(?m)^eval_phase_time:(\d+)ms$", log).group(1)) / 1000
     late = re.search(r"(?m)^ttt_deadline .*longest_adapted_segment:(\d+\.\d)s", log)
     assert phase_s <= PLAN_BUDGET_S + (float(late.group(1)) if late else 0.0) + 2.0

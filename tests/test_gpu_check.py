@@ -31,9 +31,9 @@ TRAIN_ROWS = ["hardware", "FlashAttention 3", "final score (TTT: final_ttt_round
               "quant gap (quant_gap_bpb)", "step_avg", "training compile + warm-up steps (warmup_time)",
               "training time (calibration included)", "calibration time", "export time (export_time)",
               "TTT warm-up: compiles on random tokens (ttt_warmup_time)",
-              "TTT rates, window tokens/s per rank (ttt_rates)", "TTT gain (gain_bpb)", "TTT time per token",
+              "TTT rates per rank (ttt_rates)", "TTT gain (gain_bpb)", "TTT time per token",
               "TTT full split on 8 devices like this (8x H100 projection)", "TTT deadline (ttt_deadline)",
-              "artifact bytes", "evaluation time (eval_phase_time)", "graphs compiled inside the clocks",
+              "TTT n-gram tilt: hints, their time (ttt_tilt)", "artifact bytes", "evaluation time (eval_phase_time)", "graphs compiled inside the clocks",
               "train step outside the log's timers (start, last validation, exit)", "peak memory train",
               "peak memory calibration", "peak memory eval", "peak memory ttt", "GPTQ fallbacks (gptq_fallback)",
               "check.py"]
@@ -456,7 +456,7 @@ gptq_fallback:2 blocks.0.q:diag,blocks.3.up:damp
 export method:gptq step:0.5xRMS model_bytes:15900000 bytes_per_param:0.3000 export_time:12345ms
 submission_bytes code:20000 model:15900000 total:15920000 limit:16000000
 ttt_warmup_time:60000ms (random tokens, before the evaluation clock)
-ttt_rates adapted:123456 forward_only:654321 window tokens/s per rank
+ttt_rates chunk:128 adapted:123456 scored tokens/s, forward_only:654321 window tokens/s, forward_windows_per_token:1.85 per rank
 artifact_load_time:250ms
 final_roundtrip_plain val_loss:2.9100 val_bpb:1.1750 eval_time:900ms
 quant_gap_bpb:0.0050
@@ -491,7 +491,8 @@ def test_summary_rows_from_a_synthetic_log(tmp_path):
     assert rows["training time (calibration included)"] == "38,500 ms" and rows["calibration time"] == "1,500 ms"
     assert rows["export time (export_time)"] == "12.3 s (budgeted 10.0 s)"
     assert rows["TTT warm-up: compiles on random tokens (ttt_warmup_time)"] == "60.0 s (budgeted 52.5 s)"
-    assert rows["TTT rates, window tokens/s per rank (ttt_rates)"] == "adapted 123,456, forward only 654,321"
+    assert rows["TTT rates per rank (ttt_rates)"] == ("chunk 128: adapted 123,456 scored tokens/s, forward only "
+                                                      "654,321 window tokens/s")
     assert rows["TTT gain (gain_bpb)"] == "-0.0300 vs plain"
     assert rows["TTT time per token"] == ("160.2 us (21,000 ms for 131,071 tokens, 62 docs, 12 unadapted by the "
                                           "deadline)")

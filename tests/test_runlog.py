@@ -187,12 +187,21 @@ def test_ngpt_warm_up_rates_deadline_and_flash_attention_lines(tmp_path):
             "before the clock)\n"
             "step:40/20000 train_loss:5.1000 train_time:37000ms step_avg:925.00ms\n"
             "ttt_warmup_time:45678ms (random tokens, before the evaluation clock)\n"
-            "ttt_rates adapted:123456 forward_only:654321 window tokens/s per rank\n"
+            "ttt_rates chunk:128 adapted:123456 scored tokens/s, forward_only:654321 window tokens/s, "
+            "forward_windows_per_token:1.85 per rank\n"
+            "ttt_rates chunk:64 adapted:61000 scored tokens/s, forward_only:650000 window tokens/s, "
+            "forward_windows_per_token:3.50 per rank\n"
             "ttt_deadline docs_unadapted:40 at:0.3s forward_only_tokens:98765 longest_adapted_segment:1.5s first:3,4\n"
             "ttt_tilt order:16 hints:1234 targets:131071 time:56ms\n")
     log = parse_log(write(tmp_path / "a.txt", FAKE_SOURCE + "\n" + SEPARATOR + "\n" + body))
     assert (log["warmup_steps"], log["train_warmup_time_ms"], log["warmup_time_ms"]) == (2, 31234.0, 45678.0)
-    assert log["ttt_rates"] == {"adapted": 123456.0, "forward_only": 654321.0}
+    assert log["ttt_rates"] == {"chunk": 128, "adapted": 123456.0, "forward_only": 654321.0}  # no plan: TTT_CHUNK's
+    assert [r["chunk"] for r in log["ttt_rates_by_chunk"]] == [128, 64] and log["ttt_plan"] is None
+    planned = parse_log(write(tmp_path / "d.txt", FAKE_SOURCE + "\n" + SEPARATOR + "\n" + body
+                              + "ttt_plan chunk:64 projected:300.5s actual:310.2s share:0.8 of:560.0s "
+                              "candidates:128=150.1s,64=300.5s\n"))
+    assert planned["ttt_plan"] == {"chunk": 64, "projected_s": 300.5, "actual_s": 310.2}
+    assert planned["ttt_rates"] == {"chunk": 64, "adapted": 61000.0, "forward_only": 650000.0}
     assert log["ttt_deadline"] == {"docs_unadapted": 40, "at_s": 0.3, "forward_only_tokens": 98765,
                                    "longest_adapted_segment_s": 1.5} and log["ttt_docs_unadapted"] == 40
     assert log["ttt_tilt"] == {"order": 16, "hints": 1234, "targets": 131071, "time_ms": 56.0}

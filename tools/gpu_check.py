@@ -522,8 +522,9 @@ def ttt_rows(t: dict, call: Call) -> list[tuple[str, str]]:
     tilt = t.get("ttt_tilt")
     return [("TTT warm-up: compiles on random tokens (ttt_warmup_time)",
              against(seconds_of(t.get("warmup_time_ms")), call.keyed_s("ttt_warmup"))),
-            ("TTT rates, window tokens/s per rank (ttt_rates)", "n/a" if not rates else
-             f"adapted {fmt(rates['adapted'])}, forward only {fmt(rates['forward_only'])}"),
+            ("TTT rates per rank (ttt_rates)", "n/a" if not rates else
+             f"chunk {fmt(rates['chunk'])}: adapted {fmt(rates['adapted'])} scored tokens/s, forward only "
+             f"{fmt(rates['forward_only'])} window tokens/s"),
             ("TTT gain (gain_bpb)", "n/a" if not ttt else f"{ttt['gain_bpb']:+.4f} vs {ttt['vs']}"),
             ("TTT time per token", per_token),
             ("TTT full split on 8 devices like this (8x H100 projection)", fmt(ttt.get("full_split_8x_s"), ".0f", " s")),

@@ -167,7 +167,7 @@ def _new_log(path: Path, source: str | None) -> dict:
         "train_phase_compiles": None, "submission_bytes": None, "errors": [], "nonfinite": [], "sliding_score": None,
         "ttt_score": None, "ttt": None, "ttt_docs_unadapted": None, "export_time_ms": None,
         "artifact_load_time_ms": None, "peak_memory": {}, "gptq_fallback": [], "warmup_steps": None,
-        "train_warmup_time_ms": None, "ttt_rates": None, "ttt_deadline": None, "ttt_tilt": None, "flash_attn_3": None,
+        "train_warmup_time_ms": None, "ttt_rates": None, "ttt_rates_by_chunk": [], "ttt_plan": None, "ttt_deadline": None, "ttt_tilt": None, "flash_attn_3": None,
     }
 
 
@@ -232,8 +232,16 @@ def _ngpt_line(log: dict, line: str, f: dict) -> bool:
     elif line.startswith("ttt_tilt "):
         log["ttt_tilt"] = {"order": _int(f.get("order")), "hints": _int(f.get("hints")),
                            "targets": _int(f.get("targets")), "time_ms": _num(f.get("time"))}
-    elif line.startswith("ttt_rates "):
-        log["ttt_rates"] = {"adapted": _num(f.get("adapted")), "forward_only": _num(f.get("forward_only"))}
+    elif line.startswith("ttt_rates "):  # one line per chunk the warm-up timed, TTT_CHUNK's first
+        rates = {"chunk": _int(f.get("chunk")), "adapted": _num(f.get("adapted")),
+                 "forward_only": _num(f.get("forward_only"))}
+        log["ttt_rates_by_chunk"].append(rates)
+        log["ttt_rates"] = log["ttt_rates"] or rates
+    elif line.startswith("ttt_plan "):
+        log["ttt_plan"] = {"chunk": _int(f.get("chunk")), "projected_s": _seconds(f.get("projected")),
+                           "actual_s": _seconds(f.get("actual"))}
+        log["ttt_rates"] = next((r for r in log["ttt_rates_by_chunk"] if r["chunk"] == log["ttt_plan"]["chunk"]),
+                                log["ttt_rates"])
     elif line.startswith("warmup_steps:"):  # the training's compiles and warm-up steps, before its clock
         log["warmup_steps"], log["train_warmup_time_ms"] = _int(f["warmup_steps"]), _num(f.get("warmup_time"))
     elif line.startswith("flash_attn_3: "):  # the start-up check: agrees with SDPA, or falls back to it
@@ -387,7 +395,9 @@ def parse_log(path: str | Path) -> dict:
     artifact_load_time_ms, peak_memory {phase: {allocated_mib, reserved_mib, maxrss_mib}} (phase train, calibration,
     eval, ttt; a line without phase: is "train"), gptq_fallback [{count, matrices}], warmup_steps and
     train_warmup_time_ms (`warmup_steps:N done ... warmup_time:Tms`: the training's compiles and warm-up steps, before
-    its clock), ttt_rates {adapted, forward_only} (window tokens/s per rank, measured in the TTT warm-up), ttt_deadline
+    its clock), ttt_rates {chunk, adapted, forward_only} (per rank, measured in the TTT warm-up: scored tokens/s
+    adapting, window tokens/s forward only) of the chunk the plan took (else TTT_CHUNK's), ttt_rates_by_chunk [the
+    same for every chunk timed], ttt_plan {chunk, projected_s, actual_s}, ttt_deadline
     {docs_unadapted, at_s, forward_only_tokens, longest_adapted_segment_s (older logs: longest_adapted_batch)}, ttt_tilt
     {order, hints, targets, time_ms} (the n-gram tilt's hints that fired, and their computation's time), flash_attn_3 (the start-up check's verdict,
     else "in use" / "not in use (SDPA)" from the world_size line). official-april alone: total_eval_time_ms.
